@@ -1,0 +1,1 @@
+"""Search strategies behind one protocol: agents propose plans, a driver evaluates them, agents observe."""

@@ -1,0 +1,96 @@
+"""The two baselines: one global knob, bisected until the plan just meets the budget.
+
+`uniform`: the knob is the ratio every group gets. `global`: the knob is the fraction of all
+channels removed, allocated across groups by one global ranking of (group-normalised) channel
+importance, as Torch-Pruning's global pruning does. The cost is monotone in the knob, so the
+smallest knob that meets the budget is found by bisection on measured cost, not guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from agents.base import Agent, Candidate, Evaluation, SearchContext
+from search_spaces.space import PruningSpace
+
+Knob = Callable[[float], dict[str, float]]
+
+
+def global_ranking(space: PruningSpace) -> Knob:
+    """Ratios per group from removing the globally least important `fraction` of all channels."""
+    scores = space.importance_scores()
+    dims = [d for d in space.dimensions if d.name in scores]
+    flat = torch.cat([scores[d.name] for d in dims])
+
+    def knob(fraction: float) -> dict[str, float]:
+        n = int(round(fraction * flat.numel()))
+        if n <= 0:
+            return {d.name: 0.0 for d in space.dimensions}
+        threshold = torch.kthvalue(flat, min(n, flat.numel())).values
+        ratios = {d.name: 0.0 for d in space.dimensions}
+        for d in dims:
+            removed = int((scores[d.name] <= threshold).sum())
+            ratios[d.name] = min(removed / d.channels, d.max_ratio)
+        return ratios
+
+    return knob
+
+
+class BisectionAgent(Agent):
+    """Finds the smallest knob value meeting the budget. Candidates need cost only; accuracy is
+    measured once, on the returned plan, by the job."""
+
+    def __init__(self, ctx: SearchContext, knob: Knob, steps: int = 12) -> None:
+        super().__init__(ctx)
+        self.knob, self.steps = knob, steps
+        self.hi = max(d.max_ratio for d in ctx.space.dimensions)
+        self.lo = 0.0
+        self.done_steps = 0
+        self._best: Evaluation | None = None
+        self._checked_hi = False
+
+    def planned_evaluations(self) -> int:
+        return self.steps + 1
+
+    def suggest(self) -> list[Candidate]:
+        if not self._checked_hi:
+            return [self.candidate(self.knob(self.hi), accuracy=False, knob=self.hi)]
+        if self.done_steps >= self.steps or self._best is None:
+            return []
+        mid = (self.lo + self.hi) / 2
+        return [self.candidate(self.knob(mid), accuracy=False, knob=mid)]
+
+    def observe(self, results: Sequence[Evaluation]) -> None:
+        for r in results:
+            knob = float(r.candidate.tag["knob"])
+            if not self._checked_hi:
+                self._checked_hi = True
+            else:
+                self.done_steps += 1
+            if r.meets_budget:
+                self.hi = knob
+                if self._best is None or knob <= float(self._best.candidate.tag["knob"]):
+                    self._best = r
+            else:
+                self.lo = knob
+            self.ctx.emit({"type": "bisection", "knob": knob, "meets_budget": r.meets_budget,
+                           "lo": self.lo, "hi": self.hi})
+
+    def best(self) -> Evaluation | None:
+        return self._best
+
+
+class UniformAgent(BisectionAgent):
+    name = "uniform"
+
+    def __init__(self, ctx: SearchContext, steps: int = 12) -> None:
+        super().__init__(ctx, ctx.space.uniform, steps)
+
+
+class GlobalAgent(BisectionAgent):
+    name = "global"
+
+    def __init__(self, ctx: SearchContext, steps: int = 12) -> None:
+        super().__init__(ctx, global_ranking(ctx.space), steps)

@@ -1,0 +1,40 @@
+"""A resource budget resolved against the base model, and the one rule that says whether it is met."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BudgetUnreachableError(ValueError):
+    """Even the most-pruned plan the space allows does not meet the budget."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # latency_ms | flops | params
+    limit: float  # in the metric's unit (ms, MACs, parameters)
+    base: float  # the base model's value in the same unit
+    tolerance: float = 0.03
+
+    @property
+    def target_ratio(self) -> float:
+        return self.limit / self.base
+
+    @property
+    def measured(self) -> bool:
+        return self.metric == "latency_ms"
+
+    def met(self, flops: int, params: int, latency_ci_high: float | None = None) -> bool:
+        """FLOPs and params are exact; a measured latency ratio is met when the upper end of its
+        confidence interval is within the tolerance of the target (noise must not decide it)."""
+        if self.metric == "flops":
+            return flops <= self.limit
+        if self.metric == "params":
+            return params <= self.limit
+        if latency_ci_high is None:
+            return False
+        return latency_ci_high <= self.target_ratio * (1 + self.tolerance)
+
+    def describe(self) -> dict[str, float | str]:
+        return {"metric": self.metric, "limit": self.limit, "base": self.base,
+                "target_ratio": self.target_ratio, "tolerance": self.tolerance}

@@ -1,0 +1,82 @@
+"""Evaluate candidate plans: cost, measured latency ratio against the base, validation accuracy.
+
+Accuracy always follows the same recipe so candidates are comparable: apply the plan, recalibrate
+BatchNorm on training batches, optionally fine-tune N steps, score on the validation split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from agents.base import Candidate, Evaluation
+from agents.budget import Budget
+from measurement.accuracy import accuracy, recalibrate_batchnorm
+from measurement.latency import LatencyMeter
+from measurement.training import TrainConfig, default_augment, train
+from search_spaces.datasets import DataSplits
+from search_spaces.space import PruningSpace, count_cost
+
+
+@dataclass(frozen=True)
+class AccuracyRecipe:
+    bn_recalibration: bool = True
+    recalibration_batches: int = 10
+    batch_size: int = 256
+    val_limit: int | None = None
+    short_steps: int = 0
+    lr: float = 0.01
+    finetune_batch_size: int = 128
+    seed: int = 0
+
+
+def restore_accuracy(model: nn.Module, data: DataSplits, recipe: AccuracyRecipe) -> nn.Module:
+    """BN recalibration and the short fine-tune that every candidate gets before it is scored."""
+    if recipe.bn_recalibration:
+        recalibrate_batchnorm(model, data.train, recipe.recalibration_batches, recipe.finetune_batch_size, recipe.seed)
+    if recipe.short_steps:
+        cfg = TrainConfig(steps=recipe.short_steps, lr=recipe.lr, batch_size=recipe.finetune_batch_size,
+                          schedule="cosine", seed=recipe.seed)
+        train(model, data.train, cfg, default_augment(data.name, data.input_size))
+    return model
+
+
+def validation_accuracy(space: PruningSpace, data: DataSplits, ratios: dict[str, float],
+                        recipe: AccuracyRecipe) -> float:
+    model = restore_accuracy(space.apply(ratios), data, recipe)
+    return accuracy(model, data.val, recipe.batch_size, recipe.val_limit)
+
+
+class LocalEvaluator:
+    """Evaluates candidates one after another in this process (the Ray backend distributes the same steps)."""
+
+    def __init__(self, space: PruningSpace, data: DataSplits, budget: Budget, recipe: AccuracyRecipe,
+                 meter: LatencyMeter | None) -> None:
+        if budget.measured and meter is None:
+            raise ValueError("a latency budget needs a latency meter")
+        self.space, self.data, self.budget, self.recipe, self.meter = space, data, budget, recipe, meter
+        self.example = meter.example(space.identity.in_channels, space.identity.input_size) if meter else None
+        self._base_call = meter.prepare(space.base, self.example) if meter and self.example is not None else None
+
+    def __call__(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        return [self.evaluate(c) for c in candidates]
+
+    def evaluate(self, cand: Candidate) -> Evaluation:
+        start = time.perf_counter()
+        pruned = self.space.apply(cand.ratios)
+        flops, params = count_cost(pruned, self.space.example)
+        ratio = ci = None
+        if self.budget.measured:
+            assert self.meter is not None and self.example is not None and self._base_call is not None
+            stats = self.meter.compare_calls(self.meter.prepare(pruned, self.example), self._base_call)
+            ratio, ci = stats.ratio, (stats.ci_low, stats.ci_high)
+        val = None
+        if cand.accuracy:
+            model = restore_accuracy(pruned, self.data, self.recipe)
+            val = accuracy(model, self.data.val, self.recipe.batch_size, self.recipe.val_limit)
+        met = self.budget.met(flops, params, ci[1] if ci else None)
+        return Evaluation(cand, flops, params, met, val, ratio, ci, "measured" if ratio is not None else None,
+                          time.perf_counter() - start)

@@ -1,0 +1,232 @@
+"""The latency meter: warm-up, repeated timing, median and spread, and A/B ratios with a confidence interval.
+
+This machine class (shared VMs) drifts by 10-20% between repeats of the same measurement, so a
+candidate is never timed alone against a number taken earlier: it is interleaved with the base
+model (A B B A ...), each pair gives one ratio, and rounds continue until the confidence interval
+of the median ratio is as narrow as asked or the time cap is hit (reported, never hidden).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from scipy.stats import binom
+from torch import nn
+
+from measurement.runtimes import InferenceCall, prepare, set_threads, timer_for
+
+
+@dataclass(frozen=True)
+class MeterSettings:
+    device: str = "cpu"
+    threads: int = 1
+    batch_size: int = 32
+    runtime: str = "eager"
+    warmup: int = 5
+    repeats: int = 15
+    ci_halfwidth: float = 0.02
+    confidence: float = 0.95
+    max_seconds: float = 20.0
+    pin_cores: bool = True
+    cores: tuple[int, ...] | None = None
+
+    def describe(self) -> dict[str, object]:
+        """The settings plus what they ran on, so a number always carries its context."""
+        out = asdict(self)
+        out["cores"] = list(self.pinned_cores()) if self.pin_cores and not self.is_cuda else None
+        out["cpu"] = cpu_model()
+        out["torch"] = torch.__version__
+        if self.is_cuda and torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
+        return out
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def pinned_cores(self) -> tuple[int, ...]:
+        """Cores to time on: the configured ones, else the last `threads` cores this process may use
+        (core 0 tends to take the machine's interrupts)."""
+        if self.cores:
+            return tuple(self.cores)
+        allowed = sorted(os.sched_getaffinity(0))
+        return tuple(allowed[-self.threads:])
+
+
+@dataclass
+class LatencyStats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    cv: float  # standard deviation / mean of the samples
+    n: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> LatencyStats:
+        s = sorted(samples)
+        mean = statistics.fmean(s)
+        sd = statistics.stdev(s) if len(s) > 1 else 0.0
+        return cls(median_ms=statistics.median(s), p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9),
+                   mean_ms=mean, cv=sd / mean if mean else 0.0, n=len(s))
+
+
+@dataclass
+class RatioStats:
+    """Candidate/base latency ratio from interleaved pairs, with a distribution-free CI of its median."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    pairs: int
+    converged: bool  # False when the time cap stopped the meter before the CI was narrow enough
+    seconds: float
+    candidate: LatencyStats
+    base: LatencyStats
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def halfwidth(self) -> float:
+        return (self.ci_high - self.ci_low) / 2 / self.ratio if self.ratio else math.inf
+
+
+def _quantile(sorted_samples: Sequence[float], q: float) -> float:
+    if len(sorted_samples) == 1:
+        return sorted_samples[0]
+    pos = q * (len(sorted_samples) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+
+
+def median_ci(samples: Sequence[float], confidence: float) -> tuple[float, float]:
+    """Order-statistic confidence interval of the median (no normality assumption)."""
+    s = sorted(samples)
+    n = len(s)
+    if n < 6:
+        return s[0], s[-1]
+    k = int(binom.ppf((1 - confidence) / 2, n, 0.5))  # P(Bin(n, .5) <= k) ~ alpha/2
+    k = max(k, 1)
+    return s[k - 1], s[n - k]
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):  # noqa: SIM115 - tiny read
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextmanager
+def timing_threads(threads: int) -> Iterator[None]:
+    """Torch intra-op threads as the measurement asks, restored afterwards for the rest of the job."""
+    saved = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextmanager
+def pinned(cores: Sequence[int] | None) -> Iterator[None]:
+    """Pin every thread of this process to `cores` while timing, then restore the old affinity."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    saved = {}
+    for tid in tids:
+        try:
+            saved[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, set(cores))
+        except OSError:
+            continue  # thread ended meanwhile
+    try:
+        yield
+    finally:
+        for tid, mask in saved.items():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:
+                continue
+
+
+class LatencyMeter:
+    """Times models on one device/runtime with fixed settings."""
+
+    def __init__(self, settings: MeterSettings) -> None:
+        self.settings = settings
+        self._timer = timer_for(settings.device)
+
+    def example(self, in_channels: int, input_size: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(self.settings.batch_size, in_channels, input_size, input_size, generator=g)
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> InferenceCall:
+        return prepare(model, example, self.settings.runtime, self.settings.device, self.settings.threads)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        s = self.settings
+        with timing_threads(s.threads), pinned(s.pinned_cores() if s.pin_cores and not s.is_cuda else None):
+            yield
+
+    def measure(self, model: nn.Module, example: torch.Tensor, repeats: int | None = None) -> LatencyStats:
+        """Absolute latency of one model: warm-up, then `repeats` timed runs (no stopping rule)."""
+        call = self.prepare(model, example)
+        return self.measure_call(call, repeats or self.settings.repeats)
+
+    def measure_call(self, call: InferenceCall, repeats: int) -> LatencyStats:
+        with self._exclusive():
+            for _ in range(self.settings.warmup):
+                call()
+            return LatencyStats.of([self._timer(call) for _ in range(repeats)])
+
+    def compare(self, candidate: nn.Module, base: nn.Module, example: torch.Tensor,
+                max_seconds: float | None = None) -> RatioStats:
+        return self.compare_calls(self.prepare(candidate, example), self.prepare(base, example), max_seconds)
+
+    def compare_calls(self, cand: InferenceCall, base: InferenceCall, max_seconds: float | None = None) -> RatioStats:
+        s = self.settings
+        cap = s.max_seconds if max_seconds is None else max_seconds
+        ratios: list[float] = []
+        tc: list[float] = []
+        tb: list[float] = []
+        start = time.perf_counter()
+        converged = False
+        with self._exclusive():
+            for _ in range(s.warmup):
+                base()
+                cand()
+            while True:
+                for i in range(s.repeats):
+                    if i % 2 == 0:  # ABBA ordering cancels linear drift within each pair of pairs
+                        b, c = self._timer(base), self._timer(cand)
+                    else:
+                        c, b = self._timer(cand), self._timer(base)
+                    tb.append(b)
+                    tc.append(c)
+                    ratios.append(c / b)
+                lo, hi = median_ci(ratios, s.confidence)
+                med = statistics.median(ratios)
+                if (hi - lo) / 2 <= s.ci_halfwidth * med:
+                    converged = True
+                    break
+                if time.perf_counter() - start >= cap:
+                    break
+        return RatioStats(ratio=med, ci_low=lo, ci_high=hi, confidence=s.confidence, pairs=len(ratios),
+                          converged=converged, seconds=time.perf_counter() - start,
+                          candidate=LatencyStats.of(tc), base=LatencyStats.of(tb), settings=s.describe())

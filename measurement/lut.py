@@ -1,0 +1,143 @@
+"""Per-layer latency lookup table (NetAdapt): predict a plan's latency without building the model.
+
+Each prunable layer is timed alone (conv + BN + ReLU, or linear) on the target device at a grid
+of input/output channel counts; a plan's latency is the sum of its layers, interpolated on that
+grid, plus a constant for everything else (pooling, adds, framework overhead) fitted so the base
+model's prediction equals its measured latency. Tables are cached on disk per device setting.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from measurement.latency import LatencyMeter
+from search_spaces.space import LayerInfo, PruningSpace
+
+GRID_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+ProgressFn = Callable[[int, int], None]
+
+
+def _grid(channels: int, prunable: bool) -> list[int]:
+    if not prunable:
+        return [channels]
+    return sorted({max(1, round(f * channels)) for f in GRID_FRACTIONS})
+
+
+def layer_module(info: LayerInfo, cin: int, cout: int) -> tuple[nn.Module, torch.Size]:
+    """A stand-alone copy of the layer at the given channel counts, and its input shape (batch 1)."""
+    if info.kind == "linear":
+        return nn.Linear(cin, cout, bias=info.bias), torch.Size([1, cin])
+    groups = cin if info.kind == "dwconv" else 1
+    conv = nn.Conv2d(cin, cout, info.kernel, info.stride, info.padding, groups=groups, bias=info.bias)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()).eval(), torch.Size([1, cin, info.in_size, info.in_size])
+
+
+class LatencyTable:
+    def __init__(self, space: PruningSpace, meter: LatencyMeter, cache_dir: str | Path | None = None,
+                 repeats: int = 7) -> None:
+        self.space, self.meter, self.repeats = space, meter, repeats
+        self.cache_path = Path(cache_dir) / f"{self._device_key()}.json" if cache_dir else None
+        self.entries: dict[str, dict[str, float]] = self._load()
+        self.overhead_ms = 0.0
+        member_of = {m: d.name for d in space.dimensions for m in d.members}
+        consumer_of = {c: d.name for d in space.dimensions for c in d.consumers}
+        self._out_group = {layer.name: member_of.get(layer.name) for layer in space.layers}
+        self._in_group = {layer.name: consumer_of.get(layer.name) for layer in space.layers}
+
+    def _device_key(self) -> str:
+        desc = self.meter.settings.describe()
+        keep = {k: desc[k] for k in ("device", "threads", "batch_size", "runtime", "cpu", "torch", "cores")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _load(self) -> dict[str, dict[str, float]]:
+        if self.cache_path and self.cache_path.is_file():
+            data: dict[str, dict[str, float]] = json.loads(self.cache_path.read_text())["entries"]
+            return data
+        return {}
+
+    def _save(self) -> None:
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": self.meter.settings.describe(), "entries": self.entries}))
+        tmp.replace(self.cache_path)
+
+    @staticmethod
+    def _key(info: LayerInfo) -> str:
+        return f"{info.kind}|{info.in_channels}|{info.out_channels}|k{info.kernel}|s{info.stride}|p{info.padding}" \
+               f"|hw{info.in_size}|b{int(info.bias)}"
+
+    def _axes(self, info: LayerInfo) -> tuple[list[int], list[int]]:
+        outs = _grid(info.out_channels, self._out_group[info.name] is not None)
+        if info.kind == "dwconv":
+            return outs, outs  # depthwise: input channels follow output channels
+        return _grid(info.in_channels, self._in_group[info.name] is not None), outs
+
+    def build(self, progress: ProgressFn | None = None) -> int:
+        """Time every missing grid point; returns how many were timed."""
+        todo = []
+        for info in {self._key(i): i for i in self.space.layers}.values():
+            table = self.entries.setdefault(self._key(info), {})
+            cins, couts = self._axes(info)
+            pairs = zip(couts, couts, strict=True) if info.kind == "dwconv" else ((a, b) for a in cins for b in couts)
+            todo += [(info, a, b) for a, b in pairs if f"{a},{b}" not in table]
+        batch = self.meter.settings.batch_size
+        for n, (info, cin, cout) in enumerate(todo, 1):
+            module, shape = layer_module(info, cin, cout)
+            x = torch.randn(batch, *shape[1:])
+            stats = self.meter.measure(module, x, repeats=self.repeats)
+            self.entries[self._key(info)][f"{cin},{cout}"] = stats.median_ms
+            if progress:
+                progress(n, len(todo))
+        if todo:
+            self._save()
+        return len(todo)
+
+    def layer_ms(self, info: LayerInfo, cin: int, cout: int) -> float:
+        """Bilinear interpolation on the layer's grid (clamped at the grid's edges)."""
+        table = self.entries[self._key(info)]
+        cins, couts = self._axes(info)
+        if info.kind == "dwconv":
+            return _interp1(couts, [table[f"{c},{c}"] for c in couts], cout)
+        rows = [_interp1(couts, [table[f"{a},{b}"] for b in couts], cout) for a in cins]
+        return _interp1(cins, rows, cin)
+
+    def channels(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        out = {}
+        for info in self.space.layers:
+            og, ig = self._out_group[info.name], self._in_group[info.name]
+            cout = kept[og] if og else info.out_channels
+            cin = cout if info.kind == "dwconv" else (kept[ig] if ig else info.in_channels)
+            out[info.name] = (cin, cout)
+        return out
+
+    def breakdown(self, kept: Mapping[str, int]) -> dict[str, float]:
+        """Predicted milliseconds per layer for the plan with these kept channel counts."""
+        chans = self.channels(kept)
+        return {i.name: self.layer_ms(i, *chans[i.name]) for i in self.space.layers}
+
+    def predict(self, kept: Mapping[str, int]) -> float:
+        return sum(self.breakdown(kept).values()) + self.overhead_ms
+
+    def calibrate(self, base_ms: float) -> None:
+        """Fit the constant term so the unpruned model predicts its measured latency."""
+        self.overhead_ms = 0.0
+        self.overhead_ms = base_ms - self.predict({d.name: d.channels for d in self.space.dimensions})
+
+
+def _interp1(xs: list[int], ys: list[float], x: float) -> float:
+    if len(xs) == 1 or x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x) - 1
+    t = (x - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[i] + t * (ys[i + 1] - ys[i])

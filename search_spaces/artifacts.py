@@ -1,0 +1,58 @@
+"""Saving and loading pruned models without pickle, and exporting them to ONNX.
+
+A pruned model is stored as its plan (structure) plus safetensors (values). Loading builds the
+base architecture from the zoo, gives it the plan's structure through Torch-Pruning, and loads
+the weights strictly: the result computes the same outputs, bit for bit, as the saved model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search_spaces.plan import Plan
+from search_spaces.space import PruningSpace
+from search_spaces.weights import WeightsError, load_into, read_state_dict, save_weights
+from search_spaces.zoo import build_model
+
+PLAN_FILE, WEIGHTS_FILE, ONNX_FILE = "plan.json", "model.safetensors", "model.onnx"
+
+
+def save_pruned(out: str | Path, model: nn.Module, plan: Plan) -> None:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / WEIGHTS_FILE, {"fingerprint": plan.fingerprint})
+    tmp = folder / (PLAN_FILE + ".tmp")
+    tmp.write_text(plan.to_json())
+    tmp.replace(folder / PLAN_FILE)
+
+
+def load_pruned(folder: str | Path, factories: Mapping[str, str] | None = None) -> tuple[nn.Module, Plan]:
+    """Rebuild a pruned model from `plan.json` + `model.safetensors` in `folder`."""
+    path = Path(folder)
+    if not (path / PLAN_FILE).is_file():
+        raise WeightsError(f"{path}: no {PLAN_FILE}; not a prunesearch artifact folder")
+    plan = Plan.read(path / PLAN_FILE)
+    base = build_model(plan.model, factories)
+    space = PruningSpace(base, plan.model, round_to=plan.round_to, max_ratio=0.999)
+    model = space.rebuild(base, plan)
+    load_into(model, read_state_dict(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
+    return model.eval(), plan
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> str | None:
+    """Export with a dynamic batch axis; returns None on success or the reason export was impossible."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as exc:  # exporters raise many types; any failure means "no ONNX for this model"
+        Path(path).unlink(missing_ok=True)
+        return f"ONNX export failed for {type(model).__name__}: {type(exc).__name__}: {exc}"
+    return None

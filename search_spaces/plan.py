@@ -1,0 +1,97 @@
+"""The per-layer sparsity plan: what a job returns and what rebuilds a pruned model.
+
+`ratios` is what a search asked for per coupled group; `kept` is the channel count each group
+ended with after bounds and `round_to`, and is all a rebuild needs (structure, no weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PLAN_SCHEMA_VERSION = 1
+
+
+class PlanMismatchError(ValueError):
+    """A plan applied to a model it was not made for."""
+
+
+class ModelIdentity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+
+
+class GroupResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="root module path of the coupled channel group")
+    granularity: Literal["channel"] = "channel"
+    members: list[str] = Field(description="layers whose output channels this group removes")
+    ratio: float = Field(ge=0, lt=1, description="requested fraction of channels to remove")
+    channels: int = Field(ge=1)
+    kept: int = Field(ge=1)
+
+    @property
+    def effective_ratio(self) -> float:
+        return 1 - self.kept / self.channels
+
+
+class LayerResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: str
+    in_before: int
+    in_after: int
+    out_before: int
+    out_after: int
+    params_before: int
+    params_after: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.params_after / self.params_before if self.params_before else 0.0
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = PLAN_SCHEMA_VERSION
+    fingerprint: str = Field(description="hash of the base model's architecture and weights")
+    model: ModelIdentity
+    criterion: str
+    round_to: int
+    groups: list[GroupResult]
+    layers: list[LayerResult]
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {g.name: g.ratio for g in self.groups}
+
+    @property
+    def kept(self) -> dict[str, int]:
+        return {g.name: g.kept for g in self.groups}
+
+    def to_json(self) -> str:
+        data = self.model_dump()
+        for layer, obj in zip(data["layers"], self.layers, strict=True):
+            layer["sparsity"] = round(obj.sparsity, 6)
+        for group, obj in zip(data["groups"], self.groups, strict=True):
+            group["effective_ratio"] = round(obj.effective_ratio, 6)
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: str | Path) -> Plan:
+        data = json.loads(Path(path).read_text())
+        for layer in data.get("layers", []):
+            layer.pop("sparsity", None)  # derived, written for readers only
+        for group in data.get("groups", []):
+            group.pop("effective_ratio", None)
+        return cls.model_validate(data)

@@ -1,0 +1,1 @@
+"""The prunesearch service: job spec, job runner, CLI (and later REST server, store, scheduler)."""

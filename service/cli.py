@@ -1,0 +1,176 @@
+"""`prunesearch` command line: train a baseline, run a job in-process, evaluate an artifact folder.
+
+Usage errors exit 2 with a message naming the bad argument or field; failures at run time exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from agents.budget import BudgetUnreachableError
+from measurement.latency import LatencyMeter
+from measurement.runtimes import RuntimeUnavailableError
+from search_spaces.criteria import UnknownCriterionError
+from search_spaces.datasets import DatasetError, load_dataset
+from search_spaces.plan import PlanMismatchError
+from search_spaces.space import SpaceError
+from search_spaces.weights import WeightsError, save_weights
+from search_spaces.zoo import UnknownModelError, build_model
+from service.progress import EventBars, configure_logging, step_bar
+from service.spec import DatasetSpec, ModelSpec, SpecError
+
+log = structlog.get_logger()
+
+USAGE_ERRORS = (SpecError, UnknownModelError, DatasetError, WeightsError, SpaceError, PlanMismatchError,
+                UnknownCriterionError, BudgetUnreachableError, RuntimeUnavailableError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from measurement.accuracy import accuracy
+    from measurement.training import fit
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    dataset = DatasetSpec(name=args.dataset, root=args.root, val_size=args.val_size, seed=args.seed)
+    data = load_dataset(dataset)
+    spec = ModelSpec(arch=args.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                     input_size=data.input_size)
+    model = build_model(spec)
+    log.info("train.start", arch=spec.arch, dataset=dataset.name, epochs=args.epochs, **data.sizes())
+    start = time.perf_counter()
+    with step_bar(f"train {spec.arch}") as bar:
+        fit(model, data.train, dataset.name, args.epochs, args.lr, args.batch_size, args.seed, progress=bar)
+    meta = {
+        "model": spec.model_dump(exclude={"weights"}),
+        "dataset": dataset.model_dump(),
+        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+        "val_accuracy": accuracy(model, data.val), "test_accuracy": accuracy(model, data.test),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "command": shlex.join(["prunesearch", *sys.argv[1:]]),
+    }
+    out = Path(args.out)
+    save_weights(model, out / "model.safetensors", {"arch": spec.arch})
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("train.done", val_accuracy=meta["val_accuracy"], test_accuracy=meta["test_accuracy"], out=str(out))
+    print(json.dumps({k: meta[k] for k in ("val_accuracy", "test_accuracy", "train_seconds")}))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from service.pipeline import run_job
+    from service.spec import load_spec, parse_spec
+
+    spec = load_spec(args.job)
+    if args.strategy:
+        data = spec.model_dump()
+        data["strategy"] = {"name": args.strategy}
+        spec = parse_spec(data)
+    log.info("job.start", job=args.job, strategy=spec.strategy.name, budget=spec.budget.model_dump(), out=args.out)
+    result = run_job(spec, args.out, emit=EventBars(enabled=not args.quiet))
+    print(summary_table(result.report))
+    print(f"artifacts: {result.out_dir}")
+    return 0
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Base vs pruned, one metric a row."""
+    base, pruned, ratios = report["base"], report["pruned"], report["ratios"]
+    rows = [("val accuracy", f"{base['val_acc']:.4f}", f"{pruned['val_acc']:.4f}", ""),
+            ("test accuracy", f"{base['test_acc']:.4f}", f"{pruned['test_acc']:.4f}", "")]
+    if "test_acc_ft" in pruned:
+        rows.append(("test acc (fine-tuned)", "", f"{pruned['test_acc_ft']:.4f}", ""))
+    rows += [("MACs", f"{base['flops']:,}", f"{pruned['flops']:,}", f"{ratios['flops']:.3f}"),
+             ("params", f"{base['params']:,}", f"{pruned['params']:,}", f"{ratios['params']:.3f}"),
+             ("latency ms (median)", f"{base['latency']['median_ms']:.3f}", f"{pruned['latency_ms']:.3f}",
+              f"{ratios['latency']:.3f} [{ratios['latency_ci'][0]:.3f}, {ratios['latency_ci'][1]:.3f}]")]
+    widths = [max(len(r[i]) for r in [*rows, ("metric", "base", "pruned", "ratio")]) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "base", "pruned", "ratio"), widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    met = "met" if report["budget_met"] else "NOT met"
+    lines.append(f"budget {report['budget']['metric']} <= {report['budget']['target_ratio']:.3f} x base: {met}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from measurement.accuracy import accuracy
+    from search_spaces.artifacts import load_pruned
+    from service.pipeline import load_data, meter_settings
+    from service.spec import load_spec
+
+    folder = Path(args.dir)
+    spec = load_spec(folder / "job.json")
+    model, plan = load_pruned(folder)
+    data = load_data(spec)
+    meter = LatencyMeter(meter_settings(spec))
+    example = meter.example(plan.model.in_channels, plan.model.input_size)
+    stats = meter.measure(model, example, repeats=args.repeats)
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    out = {
+        "dir": str(folder), "fingerprint": plan.fingerprint,
+        "test_acc": accuracy(model, data.test), "val_acc": accuracy(model, data.val),
+        "latency": asdict(stats), "flops": plan.flops_after, "params": plan.params_after,
+        "reported": {"test_acc": report.get("pruned", {}).get("test_acc_ft", report.get("pruned", {}).get("test_acc")),
+                     "latency_ms": report.get("pruned", {}).get("latency_ms")},
+        "measurement": meter.settings.describe(),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunesearch", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--json-logs", action="store_true", help="log JSON lines instead of key=value")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a zoo model and write safetensors + metadata.json")
+    train.add_argument("--model", required=True)
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--root", default=None, help="dataset root folder")
+    train.add_argument("--epochs", type=float, default=15)
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--val-size", type=int, default=5000)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--out", required=True)
+    train.set_defaults(func=cmd_train)
+
+    run = sub.add_parser("run", help="run one job in-process (no server) and write its artifacts")
+    run.add_argument("job", help="job file (YAML or JSON)")
+    run.add_argument("--out", required=True, help="artifact folder")
+    run.add_argument("--strategy", default=None, help="override the job's strategy (its parameters take defaults)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser("evaluate", help="rebuild a pruned model from DIR and re-measure it here")
+    evaluate.add_argument("dir")
+    evaluate.add_argument("--repeats", type=int, default=30)
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.json_logs)
+    try:
+        return int(args.func(args))
+    except USAGE_ERRORS as exc:
+        print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Run one job in-process: data, base model, pruning space, search, final model, artifacts.
+
+Every phase is timed and announced as an event; the CLI turns events into progress bars, the
+server (later) persists and streams them. Test data is touched only after the plan is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from torch import nn
+
+from agents.base import Emit, Event, SearchContext
+from agents.budget import Budget, BudgetUnreachableError
+from agents.driver import run_search
+from agents.registry import make_agent
+from measurement.accuracy import accuracy, recalibrate_batchnorm
+from measurement.evaluator import AccuracyRecipe, LocalEvaluator
+from measurement.latency import LatencyMeter, LatencyStats, MeterSettings
+from measurement.training import fit
+from search_spaces.artifacts import ONNX_FILE, export_onnx, save_pruned
+from search_spaces.datasets import DataSplits, load_dataset
+from search_spaces.plan import ModelIdentity, Plan
+from search_spaces.space import PruningSpace, count_cost
+from search_spaces.weights import load_into, read_state_dict
+from search_spaces.zoo import build_model
+from service.spec import JobSpec, SpecError, TrainWeights
+
+log = structlog.get_logger()
+
+
+@dataclass
+class JobResult:
+    plan: Plan
+    model: nn.Module
+    report: dict[str, Any]
+    history: list[dict[str, Any]]
+    out_dir: Path
+
+
+@dataclass
+class Phases:
+    emit: Emit
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.emit({"type": "phase", "phase": name, "state": "start"})
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            self.emit({"type": "phase", "phase": name, "state": "end", "seconds": self.seconds[name]})
+
+
+def meter_settings(spec: JobSpec) -> MeterSettings:
+    d, m = spec.device, spec.measurement
+    return MeterSettings(device=d.name, threads=d.threads, batch_size=d.batch_size, runtime=d.runtime,
+                         warmup=m.warmup, repeats=m.repeats, ci_halfwidth=m.ci_halfwidth, confidence=m.confidence,
+                         max_seconds=m.max_seconds, pin_cores=m.pin_cores,
+                         cores=tuple(d.cores) if d.cores else None)
+
+
+def accuracy_recipe(spec: JobSpec) -> AccuracyRecipe:
+    e, f = spec.evaluation, spec.finetune
+    return AccuracyRecipe(bn_recalibration=e.bn_recalibration, recalibration_batches=e.recalibration_batches,
+                          batch_size=e.batch_size, val_limit=e.val_limit, short_steps=f.short_steps,
+                          lr=f.effective_lr, finetune_batch_size=f.batch_size, seed=spec.seed)
+
+
+def load_data(spec: JobSpec) -> DataSplits:
+    m = spec.model
+    data = load_dataset(spec.dataset, input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes)
+    for fld, have, want in (("in_channels", data.in_channels, m.in_channels),
+                            ("input_size", data.input_size, m.input_size),
+                            ("num_classes", data.num_classes, m.num_classes)):
+        if have != want:
+            raise SpecError(f"model.{fld}: dataset {data.name} has {have}, the model declares {want}")
+    return data
+
+
+def base_model(spec: JobSpec, data: DataSplits, factories: Mapping[str, str] | None,
+               progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, factories)
+    w = spec.model.weights
+    if isinstance(w, str):
+        load_into(model, read_state_dict(w), w)
+    elif isinstance(w, TrainWeights):
+        fit(model, data.train, data.name, w.train_epochs, w.lr, w.batch_size, spec.seed, progress=progress)
+    else:
+        log.warning("model.random_init", note="no weights given: searching a randomly initialised model")
+    return model.eval()
+
+
+def resolve_budget(spec: JobSpec, space: PruningSpace, base_latency: LatencyStats | None) -> Budget:
+    b = spec.budget
+    base = {"flops": float(space.flops), "params": float(space.params),
+            "latency_ms": base_latency.median_ms if base_latency else 0.0}[b.metric]
+    limit = b.target * base if b.relative else b.target
+    budget = Budget(b.metric, limit, base, b.tolerance)
+    if b.metric != "latency_ms":
+        flops, params = space.cost(space.uniform(1.0 - 1e-9))
+        if not budget.met(flops, params):
+            smallest = flops if b.metric == "flops" else params
+            raise BudgetUnreachableError(
+                f"budget.target: {b.metric} <= {limit:.0f} is unreachable; the most pruned plan this space allows "
+                f"(max_ratio={spec.max_ratio}) has {smallest} ({smallest / base:.3f} of the base)")
+    return budget
+
+
+def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
+            factories: Mapping[str, str] | None = None) -> JobResult:
+    emit = emit or (lambda event: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    phases = Phases(emit)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    def train_progress(step: int, total: int, loss: float) -> None:
+        if step == total or step % 10 == 0:
+            emit({"type": "progress", "phase": "base_model", "done": step, "total": total, "loss": round(loss, 4)})
+
+    with phases("data"):
+        data = load_data(spec)
+    with phases("base_model"):
+        model = base_model(spec, data, factories, train_progress)
+    identity = ModelIdentity(**spec.model.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
+    with phases("space"):
+        calib_bs = 16 if spec.criterion == "hessian" else spec.finetune.batch_size
+        calib = list(data.train.batches(calib_bs, limit=spec.evaluation.calibration_batches * calib_bs))
+        space = PruningSpace(model, identity, criterion=spec.criterion, round_to=spec.round_to,
+                             max_ratio=spec.max_ratio, keep_layers=spec.keep_layers, calibration=calib, seed=spec.seed)
+    meter = LatencyMeter(meter_settings(spec))
+    example = meter.example(identity.in_channels, identity.input_size)
+    with phases("base_latency"):
+        base_latency = meter.measure(model, example, repeats=max(30, spec.measurement.repeats))
+    budget = resolve_budget(spec, space, base_latency)
+    emit({"type": "budget", **budget.describe()})
+    recipe = accuracy_recipe(spec)
+    evaluator = LocalEvaluator(space, data, budget, recipe, meter if budget.measured else None)
+    ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit)
+    params = spec.strategy.model_dump(exclude={"name"})
+    agent = make_agent(spec.strategy.name, ctx, params)
+    with phases("search"):
+        outcome = run_search(agent, evaluator, emit)
+    if outcome.best is None:
+        raise BudgetUnreachableError(f"budget.target: no plan found by {agent.name} meets {budget.describe()}")
+    ratios = dict(outcome.best.candidate.ratios)
+
+    with phases("final_model"):
+        pruned = space.apply(ratios)
+        if recipe.bn_recalibration:
+            recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size,
+                                  spec.seed)
+        pruned_acc = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
+                      "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
+        if spec.finetune.final_epochs > 0:
+            def ft_progress(step: int, total: int, loss: float) -> None:
+                if step == total or step % 10 == 0:
+                    emit({"type": "progress", "phase": "final_model", "done": step, "total": total})
+            fit(pruned, data.train, data.name, spec.finetune.final_epochs, spec.finetune.effective_lr,
+                spec.finetune.batch_size, spec.seed, schedule="cosine", progress=ft_progress)
+            pruned_acc |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
+                           "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
+        pruned.eval()
+    with phases("final_latency"):
+        final = meter.compare(pruned, model, example, max_seconds=max(2 * spec.measurement.max_seconds, 10.0))
+    flops, params_count = count_cost(pruned, space.example)
+    plan = space.plan(ratios, pruned)
+    base_acc = {"val_acc": accuracy(model, data.val, recipe.batch_size),
+                "test_acc": accuracy(model, data.test, recipe.batch_size)}
+    with phases("artifacts"):
+        save_pruned(out, pruned, plan)
+        onnx_note = export_onnx(pruned, example[:1], out / ONNX_FILE)
+    report: dict[str, Any] = {
+        "job": spec.name, "strategy": agent.name, "criterion": spec.criterion,
+        "budget": budget.describe(),
+        "budget_met": budget.met(flops, params_count, final.ci_high),
+        "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(base_latency)},
+        "pruned": {**pruned_acc, "flops": flops, "params": params_count,
+                   "latency_ms": final.ratio * final.base.median_ms,
+                   "latency": asdict(final.candidate)},
+        "ratios": {"flops": flops / space.flops, "params": params_count / space.params,
+                   "latency": final.ratio, "latency_ci": [final.ci_low, final.ci_high],
+                   "latency_converged": final.converged, "latency_pairs": final.pairs},
+        "measurement": meter.settings.describe(),
+        "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3)},
+        "phases_seconds": phases.seconds,
+        "data": data.sizes(),
+        "onnx": onnx_note or "exported",
+    }
+    history = [e.record() for e in outcome.history]
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    emit({"type": "done", "report": report})
+    return JobResult(plan, pruned, report, history, out)

@@ -1,0 +1,174 @@
+"""The job spec: one pydantic schema shared by the CLI, the REST API and the scheduler.
+
+Every model forbids unknown fields so a typo is an error naming the field, not a silent default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation")
+Criterion = Literal["l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation"]
+Runtime = Literal["eager", "torchscript", "onnxruntime"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainWeights(Strict):
+    """Train the base model inside the job (the demo uses this so it needs no file)."""
+
+    train_epochs: int = Field(ge=1, le=200)
+    lr: float = Field(0.1, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=4096)
+
+
+class ModelSpec(Strict):
+    arch: str = Field(examples=["resnet20"])
+    num_classes: int = Field(10, ge=2, le=100_000)
+    in_channels: int = Field(3, ge=1, le=64)
+    input_size: int = Field(32, ge=4, le=1024)
+    weights: str | TrainWeights | None = Field(
+        None, description="safetensors (or weights-only torch) file path, {train_epochs: N}, or null for random init")
+
+
+class DatasetSpec(Strict):
+    name: str = Field(examples=["fashion-mnist", "digits", "cifar10", "synthetic", "imagefolder:/data/x"])
+    root: str | None = None
+    download: bool = False
+    val_size: int = Field(5000, ge=1)
+    train_size: int | None = Field(None, ge=1)
+    test_size: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class DeviceSpec(Strict):
+    name: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", examples=["cpu", "cuda:0"])
+    threads: int = Field(1, ge=1, le=256)
+    batch_size: int = Field(32, ge=1, le=4096)
+    runtime: Runtime = "eager"
+    cores: list[int] | None = Field(None, description="CPU cores to pin while timing; default: the first `threads`")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.name.startswith("cuda")
+
+
+class MeasurementSpec(Strict):
+    """How latency is timed. Timing on a shared machine is noisy, so the meter repeats until the
+    confidence interval of the candidate/base latency ratio is as narrow as asked, or time runs out."""
+
+    warmup: int = Field(5, ge=0, le=1000)
+    repeats: int = Field(15, ge=3, le=10_000, description="timed pairs per round")
+    ci_halfwidth: float = Field(0.02, gt=0, le=1, description="relative half-width of the ratio's CI to stop at")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    max_seconds: float = Field(20.0, gt=0, le=3600)
+    pin_cores: bool = True
+
+
+class BudgetSpec(Strict):
+    metric: Literal["latency_ms", "flops", "params"]
+    target: float = Field(gt=0)
+    relative: bool = Field(True, description="target is a fraction of the base model's value")
+    tolerance: float = Field(0.03, ge=0, le=0.5, description="relative slack on a measured latency budget")
+
+    @model_validator(mode="after")
+    def _relative_in_range(self) -> BudgetSpec:
+        if self.relative and not 0 < self.target <= 1:
+            raise ValueError("budget.target: a relative target must be in (0, 1]")
+        return self
+
+
+class EvaluationSpec(Strict):
+    batch_size: int = Field(256, ge=1, le=8192)
+    val_limit: int | None = Field(None, ge=1, description="evaluate candidates on the first N validation samples")
+    bn_recalibration: bool = True
+    recalibration_batches: int = Field(10, ge=1, le=1000)
+    calibration_batches: int = Field(4, ge=1, le=1000, description="batches for data-driven criteria")
+
+
+class FinetuneSpec(Strict):
+    short_steps: int = Field(0, ge=0, le=100_000, description="SGD steps after pruning, per candidate")
+    final_epochs: float = Field(0, ge=0, le=1000, description="fine-tune epochs of the returned model")
+    base_lr: float = Field(0.1, gt=0, le=10, description="the learning rate the base model was trained with")
+    lr: float | None = Field(None, gt=0, le=10, description="fine-tune LR; default base_lr / 10")
+    batch_size: int = Field(128, ge=1, le=8192)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr / 10
+
+
+class BisectionStrategy(Strict):
+    """Baselines: one global knob (uniform ratio, or global importance threshold) bisected to the budget."""
+
+    name: Literal["uniform", "global"]
+    steps: int = Field(12, ge=2, le=60, description="bisection steps on the knob")
+
+
+StrategySpec = Annotated[BisectionStrategy, Field(discriminator="name")]
+
+
+class JobSpec(Strict):
+    name: str | None = Field(None, max_length=200)
+    model: ModelSpec
+    dataset: DatasetSpec
+    device: DeviceSpec = DeviceSpec()
+    budget: BudgetSpec
+    strategy: StrategySpec = Field(default_factory=lambda: BisectionStrategy(name="uniform"))
+    criterion: Criterion = "l1"
+    round_to: int = Field(1, ge=1, le=1024)
+    max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
+    keep_layers: list[str] = Field(default_factory=list, description="module paths whose outputs are never pruned")
+    evaluation: EvaluationSpec = EvaluationSpec()
+    measurement: MeasurementSpec = MeasurementSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    seed: int = 0
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _no_blank_layers(cls, v: list[str]) -> list[str]:
+        if any(not name.strip() for name in v):
+            raise ValueError("keep_layers: empty module path")
+        return v
+
+
+class SpecError(ValueError):
+    """A job file that cannot be read or does not validate; the message names each bad field."""
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"{loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: dict[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from exc
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a YAML or JSON job file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read job file ({exc.strerror})") from exc
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: a job file must hold a mapping at the top level")
+    return parse_spec(data)
