@@ -25,7 +25,7 @@ def global_ranking(space: PruningSpace) -> Knob:
     flat = torch.cat([scores[d.name] for d in dims])
 
     def knob(fraction: float) -> dict[str, float]:
-        n = int(round(fraction * flat.numel()))
+        n = round(fraction * flat.numel())
         if n <= 0:
             return {d.name: 0.0 for d in space.dimensions}
         threshold = torch.kthvalue(flat, min(n, flat.numel())).values

@@ -103,7 +103,7 @@ def _quantile(sorted_samples: Sequence[float], q: float) -> float:
     if len(sorted_samples) == 1:
         return sorted_samples[0]
     pos = q * (len(sorted_samples) - 1)
-    lo = int(math.floor(pos))
+    lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_samples) - 1)
     return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
 

@@ -62,7 +62,8 @@ def _onnxruntime_call(model: nn.Module, example: torch.Tensor, threads: int) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17,
+            torch.onnx.export(model, (example,), buf, dynamo=False  # type: ignore[arg-type]
+, opset_version=17,
                               input_names=["input"], output_names=["logits"])
     except Exception as exc:  # any exporter failure means this runtime cannot time the model
         raise RuntimeUnavailableError(f"ONNX export failed: {exc}") from exc

@@ -63,7 +63,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, augment: Augment | No
                           weight_decay=cfg.weight_decay, nesterov=True)
     sched = _schedule(opt, cfg)
     model.train()
-    step, recent = 0, []
+    step, recent = 0, list[float]()
     while step < cfg.steps:
         for x, y in data.batches(cfg.batch_size, shuffle=True, generator=g):
             if len(y) < 2:
@@ -86,13 +86,13 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, augment: Augment | No
 
 
 def epochs_to_steps(epochs: float, n_samples: int, batch_size: int) -> int:
-    return int(math.ceil(epochs * n_samples / batch_size))
+    return math.ceil(epochs * n_samples / batch_size)
 
 
 def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg.schedule == "onecycle":
+    if cfg.schedule == "onecycle" and cfg.steps >= 8:  # shorter runs have no room for a warm-up phase
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.25)
-    if cfg.schedule == "cosine":
+    if cfg.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 

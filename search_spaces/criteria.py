@@ -59,6 +59,13 @@ def prepare_scorer(name: str, model: nn.Module, batches: Batches | None) -> Scor
         raise UnknownCriterionError(f"criterion: {name!r} needs calibration data")
     was_training = model.training
     model.eval()  # BN statistics must not drift during calibration
+    with torch.enable_grad():
+        _calibrate(name, imp, model, batches)
+    model.train(was_training)
+    return Scorer(imp)
+
+
+def _calibrate(name: str, imp: tp.importance.Importance, model: nn.Module, batches: Batches) -> None:
     if name == "taylor":
         model.zero_grad(set_to_none=True)
         for x, y in batches:
@@ -76,5 +83,3 @@ def prepare_scorer(name: str, model: nn.Module, batches: Batches | None) -> Scor
         xs = torch.cat([x for x, _ in batches])
         with torch.no_grad(), imp.compute_importance(model):
             model(xs)
-    model.train(was_training)
-    return Scorer(imp)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION: Literal[1] = 1
 
 
 class PlanMismatchError(ValueError):
@@ -83,8 +83,8 @@ class Plan(BaseModel):
         data = self.model_dump()
         for layer, obj in zip(data["layers"], self.layers, strict=True):
             layer["sparsity"] = round(obj.sparsity, 6)
-        for group, obj in zip(data["groups"], self.groups, strict=True):
-            group["effective_ratio"] = round(obj.effective_ratio, 6)
+        for group, result in zip(data["groups"], self.groups, strict=True):
+            group["effective_ratio"] = round(result.effective_ratio, 6)
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod

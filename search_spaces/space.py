@@ -67,7 +67,7 @@ class Dimension:
         if not 0 <= ratio < 1:
             raise SpaceError(f"ratio for group {self.name!r} must be in [0, 1), got {ratio}")
         want = self.channels * (1 - ratio)
-        rounded = int(math.floor(want / self.round_to + 0.5)) * self.round_to
+        rounded = math.floor(want / self.round_to + 0.5) * self.round_to
         return max(self.min_kept, min(self.channels, rounded))
 
 
@@ -165,7 +165,8 @@ class PruningSpace:
         dims = []
         graph, groups = self._groups(model)
         for root, group in groups:
-            members, consumers = [], []
+            members: list[str] = []
+            consumers: list[str] = []
             for dep, _ in group:
                 name = self._names(model).get(dep.target.module)
                 if name is None or not isinstance(dep.target.module, PRUNABLE):
@@ -190,7 +191,8 @@ class PruningSpace:
 
     def _graph(self, model: nn.Module) -> tuple[tp.DependencyGraph, list[nn.Module]]:
         model.eval()
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+        with torch.enable_grad():  # the graph is traced through autograd, even if the caller disabled it
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
         modules = dict(model.named_modules())
         ignored = [modules[n] for n in self.keep_layers]
         head = output_layer(model, self.example)
@@ -296,7 +298,8 @@ class PruningSpace:
 
     def _check_identity(self, plan: Plan, check_weights: bool = True) -> None:
         if plan.model != self.identity:
-            raise PlanMismatchError(f"plan is for {plan.model.model_dump()}, this model is {self.identity.model_dump()}")
+            raise PlanMismatchError(
+                f"plan is for {plan.model.model_dump()}, this model is {self.identity.model_dump()}")
         if check_weights and plan.fingerprint != self.fingerprint:
             raise PlanMismatchError(
                 f"plan was made for base model {plan.fingerprint}, this model is {self.fingerprint}")

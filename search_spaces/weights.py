@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -34,9 +35,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
                 raise WeightsError(f"model.weights: {p} does not hold a flat state dict of tensors")
             return obj
+    except WeightsError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"model.weights: {p} holds Python objects, refused (only tensors are loaded): "
+                           f"{str(exc).splitlines()[0]}") from exc
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        if isinstance(exc, WeightsError):
-            raise
         raise WeightsError(f"model.weights: cannot read {p}: {exc}") from exc
     raise WeightsError(f"model.weights: {p} must be .safetensors (or .pt/.pth read with weights_only)")
 

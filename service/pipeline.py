@@ -19,7 +19,7 @@ import structlog
 import torch
 from torch import nn
 
-from agents.base import Emit, Event, SearchContext
+from agents.base import Emit, SearchContext
 from agents.budget import Budget, BudgetUnreachableError
 from agents.driver import run_search
 from agents.registry import make_agent

@@ -31,11 +31,11 @@ def load_dataset(spec: DatasetSpecLike, input_size: int = 32, in_channels: int =
                  num_classes: int = 10) -> DataSplits:
     """Load and split. `input_size`/`in_channels`/`num_classes` only shape synthetic data and image folders."""
     name = spec.name
-    common = {"val_size": spec.val_size, "seed": spec.seed, "train_size": spec.train_size, "test_size": spec.test_size}
-    if name == "fashion-mnist":
-        return normalised_splits(name, *sources.load_fashion_mnist(spec.root, spec.download), num_classes=10, **common)
-    if name == "cifar10":
-        return normalised_splits(name, *sources.load_cifar10(spec.root, spec.download), num_classes=10, **common)
+    if name in ("fashion-mnist", "cifar10"):
+        reader = sources.load_fashion_mnist if name == "fashion-mnist" else sources.load_cifar10
+        x, y, tx, ty = reader(spec.root, spec.download)
+        return normalised_splits(name, x, y, tx, ty, num_classes=10, val_size=spec.val_size, seed=spec.seed,
+                                 train_size=spec.train_size, test_size=spec.test_size)
     if name == "digits":
         x, y = sources.load_digits_arrays()
         return _holdout(name, x, y, 10, spec, test_fraction=0.2)

@@ -13,6 +13,7 @@ import struct
 import tarfile
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -53,7 +54,10 @@ def find_root(root: str | None, candidates: tuple[str, ...], required: list[str]
     return None
 
 
-def load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor, ...]:
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train x, train y, test x, test y
+
+
+def load_fashion_mnist(root: str | None, download: bool) -> Arrays:
     files = list(FASHION_MNIST_FILES.values())
     path = find_root(root, FASHION_MNIST_ROOTS, files)
     if path is None and download:
@@ -67,15 +71,17 @@ def load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor, 
             f"{[root, *FASHION_MNIST_ROOTS]}; set dataset.root or dataset.download: true"
         )
     arrays = {k: read_idx(path / v) for k, v in FASHION_MNIST_FILES.items()}
-    return (torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1), torch.from_numpy(arrays["train_y"].astype(np.int64)),
-            torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1), torch.from_numpy(arrays["test_y"].astype(np.int64)))
+    images = {k: torch.from_numpy(arrays[k].copy()).unsqueeze(1) for k in ("train_x", "test_x")}
+    labels = {k: torch.from_numpy(arrays[k].astype(np.int64)) for k in ("train_y", "test_y")}
+    return images["train_x"], labels["train_y"], images["test_x"], labels["test_y"]
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """CIFAR-10 ships pickled dicts of numpy arrays; allow exactly the globals those need, nothing else."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
@@ -89,7 +95,7 @@ def _read_cifar_batch(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(batch[b"labels"], dtype=np.int64)
 
 
-def load_cifar10(root: str | None, download: bool) -> tuple[torch.Tensor, ...]:
+def load_cifar10(root: str | None, download: bool) -> Arrays:
     base = Path(root or "data/cifar10")
     folder = base / "cifar-10-batches-py"
     if not folder.exists() and download:
@@ -102,8 +108,8 @@ def load_cifar10(root: str | None, download: bool) -> tuple[torch.Tensor, ...]:
         raise DatasetError(f"dataset.root: no cifar-10-batches-py folder under {base}")
     train = [_read_cifar_batch((folder / f"data_batch_{i}").read_bytes()) for i in range(1, 6)]
     test = _read_cifar_batch((folder / "test_batch").read_bytes())
-    return (torch.from_numpy(np.concatenate([b[0] for b in train])), torch.from_numpy(np.concatenate([b[1] for b in train])),
-            torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    train_x, train_y = (torch.from_numpy(np.concatenate([b[i] for b in train])) for i in (0, 1))
+    return train_x, train_y, torch.from_numpy(test[0]), torch.from_numpy(test[1])
 
 
 def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -64,7 +64,8 @@ def build_model(spec: ModelSpecLike, factories: Mapping[str, str] | None = None)
             raise UnknownModelError(f"model.arch: no registered factory named {name!r}")
         module_name, _, func_name = target.partition(":")
         factory = getattr(importlib.import_module(module_name), func_name)
-        return factory(num_classes=k, in_channels=c, input_size=s)  # type: ignore[no-any-return]
+        model: nn.Module = factory(num_classes=k, in_channels=c, input_size=s)
+        return model
     if prefix == "torchvision":
         return _external("torchvision", name, lambda m: m.models.get_model(name, num_classes=k))
     if prefix == "timm":
@@ -72,7 +73,7 @@ def build_model(spec: ModelSpecLike, factories: Mapping[str, str] | None = None)
     raise UnknownModelError(f"model.arch: unknown architecture {arch!r}; available: {available_models(factories)}")
 
 
-def _external(package: str, name: str, create: Callable[[object], nn.Module]) -> nn.Module:
+def _external(package: str, name: str, create: Callable[[Any], nn.Module]) -> nn.Module:
     try:
         module = importlib.import_module(package)
     except ImportError as exc:

@@ -1,0 +1,31 @@
+# prunesearch: `make demo` runs the demo job, `make test` runs lint, types and tests.
+# Both create .venv and install everything on a fresh machine (docker/install-python.sh).
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml docker/install-python.sh
+	VENV=$(VENV) bash docker/install-python.sh
+	touch $@
+
+demo: install
+	$(BIN)/prunesearch run examples/digits_demo.yaml --out runs/demo
+
+lint: install
+	$(BIN)/ruff check service agents search_spaces measurement tests bench
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest -q
+
+test: lint pytest
+
+bench: install
+	$(BIN)/python bench/latency_fidelity.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny models, synthetic data and job specs that run in seconds on 2 cores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from search_spaces.datasets import DataSplits
+from search_spaces.plan import ModelIdentity
+from search_spaces.space import PruningSpace
+from search_spaces.zoo import build_model
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def identity(arch: str = "resnet20", in_channels: int = 1, input_size: int = 12) -> ModelIdentity:
+    return ModelIdentity(arch=arch, num_classes=10, in_channels=in_channels, input_size=input_size)
+
+
+def trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Give BN layers non-trivial statistics and scales so pruning choices depend on the weights."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.1
+            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    return model.eval()
+
+
+def make_space(arch: str = "resnet20", input_size: int = 12, in_channels: int = 1, **kwargs: Any) -> PruningSpace:
+    ident = identity(arch, in_channels, input_size)
+    return PruningSpace(trained_like(build_model(ident)), ident, **kwargs)
+
+
+def synthetic_splits(in_channels: int = 1, input_size: int = 8, n: int = 256) -> DataSplits:
+    from types import SimpleNamespace
+
+    from search_spaces.datasets import load_dataset
+
+    spec = SimpleNamespace(name="synthetic", root=None, download=False, val_size=64, train_size=n,
+                           test_size=64, seed=0)
+    return load_dataset(spec, input_size=input_size, in_channels=in_channels, num_classes=10)
+
+
+def job_dict(**overrides: Any) -> dict[str, Any]:
+    """A valid, fast job: small CNN on synthetic data, FLOPs budget, uniform bisection."""
+    job: dict[str, Any] = {
+        "name": "tiny",
+        "model": {"arch": "small_cnn", "num_classes": 10, "in_channels": 1, "input_size": 8,
+                  "weights": {"train_epochs": 1, "batch_size": 64}},
+        "dataset": {"name": "synthetic", "val_size": 64, "train_size": 256, "test_size": 64},
+        "device": {"name": "cpu", "threads": 1, "batch_size": 8},
+        "budget": {"metric": "flops", "target": 0.5},
+        "strategy": {"name": "uniform", "steps": 6},
+        "measurement": {"max_seconds": 1, "repeats": 5, "warmup": 1},
+        "evaluation": {"recalibration_batches": 2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(job.get(key), dict):
+            job[key] = {**job[key], **value}
+        else:
+            job[key] = value
+    return job

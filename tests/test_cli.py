@@ -1,0 +1,102 @@
+"""`prunesearch run / evaluate / train` end to end, and every bad input exits 2 with a message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from search_spaces.artifacts import load_pruned
+from service.cli import main
+from service.pipeline import run_job
+from service.spec import parse_spec
+from tests.conftest import job_dict
+
+
+def write_job(path: Path, **overrides: object) -> Path:
+    path.write_text(yaml.safe_dump(job_dict(**overrides)))
+    return path
+
+
+def test_run_job_writes_artifacts_that_rebuild_bit_for_bit(tmp_path: Path) -> None:
+    events: list[dict[str, object]] = []
+    result = run_job(parse_spec(job_dict()), tmp_path, emit=events.append)
+    for name in ("plan.json", "model.safetensors", "model.onnx", "report.json", "history.json", "job.json"):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["budget_met"] and report["ratios"]["flops"] <= 0.5
+    assert {"val_acc", "test_acc"} <= set(report["pruned"]) and report["base"]["latency"]["n"] >= 30
+    assert set(report["phases_seconds"]) >= {"data", "base_model", "search", "final_model", "artifacts"}
+    model, plan = load_pruned(tmp_path)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model(x))
+    assert plan == result.plan
+    kinds = {e["type"] for e in events}
+    assert {"phase", "budget", "evaluation", "done"} <= kinds
+
+
+def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
+    spec = parse_spec(job_dict(budget={"metric": "latency_ms", "target": 0.7},
+                               device={"batch_size": 64}, measurement={"max_seconds": 2, "repeats": 10}))
+    report = run_job(spec, tmp_path).report
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert all(h["latency_source"] == "measured" and h["latency_ci"][0] <= h["latency_ratio"] <= h["latency_ci"][1]
+               for h in history)
+    chosen = [h for h in history if h["meets_budget"]]
+    assert chosen and all(h["latency_ci"][1] <= 0.7 * 1.03 for h in chosen)
+    assert report["measurement"]["threads"] == 1 and report["measurement"]["batch_size"] == 64
+
+
+def test_cli_run_then_evaluate(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", strategy={"name": "global", "steps": 4})
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "run", str(job), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout and "budget flops" in proc.stdout
+    assert json.loads((out / "report.json").read_text())["strategy"] == "global"
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", str(out), "--repeats", "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    report = json.loads((out / "report.json").read_text())
+    assert result["test_acc"] == pytest.approx(report["pruned"]["test_acc"])
+    assert result["latency"]["n"] == 5 and result["measurement"]["threads"] == 1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"model": {"arch": "resnet9000"}}, "unknown architecture 'resnet9000'"),
+    ({"dataset": {"name": "mnist-9"}}, "unknown dataset 'mnist-9'"),
+    ({"max_ratio": 1.2}, "max_ratio"),
+    ({"model": {"weights": "nope.safetensors"}}, "file not found"),
+    ({"model": {"input_size": 16}, "dataset": {"name": "digits"}}, "model.input_size"),
+    ({"keep_layers": ["ghost"]}, "keep_layers"),
+    ({"budget": {"metric": "flops", "target": 0.01}}, "unreachable"),
+])
+def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          override: dict[str, object], message: str) -> None:
+    job = write_job(tmp_path / "job.yaml", **override)
+    assert main(["run", str(job), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_weights_and_foreign_plan_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    job = write_job(tmp_path / "job.yaml", model={"weights": str(bad)})
+    assert main(["run", str(job), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2  # no job.json / plan.json there
+    assert "cannot read job file" in capsys.readouterr().err
+
+
+def test_unknown_arguments_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run"])
+    assert info.value.code == 2

@@ -1,0 +1,97 @@
+"""Latency meter, lookup table and accuracy helpers: well-formed results, no timing asserts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from measurement.accuracy import accuracy, recalibrate_batchnorm
+from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, median_ci, pinned
+from measurement.lut import LatencyTable
+from measurement.runtimes import RuntimeUnavailableError, prepare
+from tests.conftest import make_space, synthetic_splits
+
+FAST = MeterSettings(batch_size=4, warmup=1, repeats=6, max_seconds=0.5)
+
+
+def test_stats_are_well_formed() -> None:
+    s = LatencyStats.of([3.0, 1.0, 2.0, 4.0, 10.0])
+    assert s.median_ms == 3.0 and s.n == 5
+    assert s.p10_ms <= s.median_ms <= s.p90_ms
+    assert s.cv > 0
+
+
+def test_median_ci_brackets_the_median_and_narrows_with_samples() -> None:
+    g = torch.Generator().manual_seed(0)
+    few = (1 + 0.1 * torch.randn(20, generator=g)).tolist()
+    many = (1 + 0.1 * torch.randn(2000, generator=g)).tolist()
+    lo_f, hi_f = median_ci(few, 0.95)
+    lo_m, hi_m = median_ci(many, 0.95)
+    assert lo_f <= sorted(few)[10] <= hi_f
+    assert hi_m - lo_m < hi_f - lo_f
+
+
+@pytest.mark.parametrize("runtime", ["eager", "torchscript", "onnxruntime"])
+def test_meter_measures_every_runtime(runtime: str) -> None:
+    space = make_space("small_cnn", 8)
+    meter = LatencyMeter(MeterSettings(**{**FAST.__dict__, "runtime": runtime}))
+    x = meter.example(1, 8)
+    stats = meter.measure(space.base, x)
+    assert stats.n == FAST.repeats and stats.median_ms > 0 and stats.p10_ms <= stats.p90_ms
+    ratio = meter.compare(space.apply(space.uniform(0.5)), space.base, x)
+    assert ratio.ci_low <= ratio.ratio <= ratio.ci_high
+    assert ratio.pairs >= FAST.repeats and ratio.pairs % FAST.repeats == 0
+    assert ratio.settings["runtime"] == runtime and ratio.settings["threads"] == 1
+    assert ratio.settings["cores"] == [sorted(os.sched_getaffinity(0))[-1]]
+
+
+def test_meter_restores_threads_and_affinity() -> None:
+    torch.set_num_threads(2)
+    before = os.sched_getaffinity(0)
+    space = make_space("small_cnn", 8)
+    meter = LatencyMeter(FAST)
+    meter.measure(space.base, meter.example(1, 8))
+    assert torch.get_num_threads() == 2
+    assert os.sched_getaffinity(0) == before
+    with pinned([min(before)]):
+        assert os.sched_getaffinity(0) == {min(before)}
+    assert os.sched_getaffinity(0) == before
+
+
+def test_cuda_request_without_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeUnavailableError, match="CUDA is not available"):
+        prepare(make_space("small_cnn", 8).base, torch.zeros(1, 1, 8, 8), "eager", "cuda:0", 1)
+
+
+def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
+    space = make_space("resnet20", 8)
+    meter = LatencyMeter(FAST)
+    table = LatencyTable(space, meter, tmp_path, repeats=3)
+    timed = table.build()
+    assert timed > 0
+    full = {d.name: d.channels for d in space.dimensions}
+    table.calibrate(5.0)
+    assert table.predict(full) == pytest.approx(5.0)
+    half = space.kept_for(space.uniform(0.5))
+    assert set(table.breakdown(half)) == {layer.name for layer in space.layers}
+    assert all(v > 0 for v in table.breakdown(half).values())
+    again = LatencyTable(space, meter, tmp_path, repeats=3)
+    assert again.build() == 0  # every grid point came from the on-disk cache
+    assert again.breakdown(half) == table.breakdown(half)
+
+
+def test_bn_recalibration_recovers_pruned_accuracy_statistics() -> None:
+    data = synthetic_splits(1, 8)
+    space = make_space("small_cnn", 8)
+    pruned = space.apply(space.uniform(0.5))
+    bn = pruned.stem[1]  # type: ignore[index]
+    recalibrate_batchnorm(pruned, data.train, batches=2, batch_size=32)
+    stem_out = pruned.stem[0](data.train.x[:64])  # type: ignore[index]
+    assert torch.allclose(bn.running_mean, stem_out.mean((0, 2, 3)), atol=0.2)
+    assert bn.momentum == 0.1  # restored
+    assert 0.0 <= accuracy(pruned, data.val) <= 1.0
