@@ -9,22 +9,33 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from agents.budget import Budget
 from search_spaces.space import PruningSpace
+
+if TYPE_CHECKING:
+    from measurement.lut import LatencyTable
 
 Event = dict[str, Any]
 Emit = Callable[[Event], None]
 
 
+LatencyMode = Literal["measured", "lut", "none"]
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """A plan to evaluate. `accuracy`: whether validation accuracy is needed (cost is always computed)."""
+    """A plan to evaluate. Cost (MACs, params) is always computed; `accuracy` asks for validation
+    accuracy; `latency` says how the latency ratio is obtained when the budget is latency: timed on
+    the target against the base ("measured"), predicted by the lookup table ("lut"), or skipped."""
 
     id: int
     ratios: Mapping[str, float]
     accuracy: bool = True
+    latency: LatencyMode = "measured"
+    short_steps: int | None = None  # fine-tune steps before scoring; None = the job's default
     tag: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -53,10 +64,29 @@ class Evaluation:
 
 @dataclass
 class SearchContext:
+    """What every agent gets: the space, the resolved budget, a seed, an event sink, and (for
+    latency budgets) a lookup table calibrated on the target device for cheap predictions."""
+
     space: PruningSpace
     budget: Budget
     seed: int
     emit: Emit = lambda event: None
+    lut: LatencyTable | None = None
+    workdir: Path | None = None  # the job folder, for agent state that lives on disk (e.g. an Optuna study)
+
+    def predicted_latency_ratio(self, ratios: Mapping[str, float]) -> float:
+        """Lookup-table latency of a plan relative to the base (needs `lut`)."""
+        if self.lut is None:
+            raise ValueError("no latency lookup table in this search context")
+        full = self.lut.predict({d.name: d.channels for d in self.space.dimensions})
+        return self.lut.predict(self.space.kept_for(ratios)) / full
+
+    def resource_ratio(self, ratios: Mapping[str, float]) -> float:
+        """The budget's resource for a plan relative to the base: exact for FLOPs/params, LUT for latency."""
+        if self.budget.metric == "latency_ms":
+            return self.predicted_latency_ratio(ratios)
+        flops, params = self.space.cost(ratios)
+        return (flops / self.space.flops) if self.budget.metric == "flops" else params / self.space.params
 
 
 class Agent(abc.ABC):
@@ -66,9 +96,10 @@ class Agent(abc.ABC):
         self.ctx = ctx
         self._next_id = 0
 
-    def candidate(self, ratios: Mapping[str, float], accuracy: bool = True, **tag: Any) -> Candidate:
+    def candidate(self, ratios: Mapping[str, float], accuracy: bool = True, latency: LatencyMode = "measured",
+                  short_steps: int | None = None, **tag: Any) -> Candidate:
         self._next_id += 1
-        return Candidate(self._next_id, dict(ratios), accuracy, tag)
+        return Candidate(self._next_id, dict(ratios), accuracy, latency, short_steps, tag)
 
     @abc.abstractmethod
     def suggest(self) -> list[Candidate]:
@@ -85,3 +116,11 @@ class Agent(abc.ABC):
     def planned_evaluations(self) -> int | None:
         """How many evaluations the agent expects in total, for progress bars (None if unknown)."""
         return None
+
+    def summary(self) -> dict[str, Any]:
+        """Strategy-specific results for the report (curves, reward trace, Pareto front...)."""
+        return {}
+
+    def save(self, folder: Path) -> list[str]:
+        """Write strategy artifacts (e.g. a trained policy) into `folder`; returns the file names."""
+        return []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -16,6 +16,7 @@ from agents.base import Candidate, Evaluation
 from agents.budget import Budget
 from measurement.accuracy import accuracy, recalibrate_batchnorm
 from measurement.latency import LatencyMeter
+from measurement.lut import LatencyTable
 from measurement.training import TrainConfig, default_augment, train
 from search_spaces.datasets import DataSplits
 from search_spaces.space import PruningSpace, count_cost
@@ -54,10 +55,12 @@ class LocalEvaluator:
     """Evaluates candidates one after another in this process (the Ray backend distributes the same steps)."""
 
     def __init__(self, space: PruningSpace, data: DataSplits, budget: Budget, recipe: AccuracyRecipe,
-                 meter: LatencyMeter | None) -> None:
+                 meter: LatencyMeter | None, lut: LatencyTable | None = None) -> None:
         if budget.measured and meter is None:
             raise ValueError("a latency budget needs a latency meter")
         self.space, self.data, self.budget, self.recipe, self.meter = space, data, budget, recipe, meter
+        self.lut = lut
+        self._lut_base = lut.predict({d.name: d.channels for d in space.dimensions}) if lut else 1.0
         self.example = meter.example(space.identity.in_channels, space.identity.input_size) if meter else None
         self._base_call = meter.prepare(space.base, self.example) if meter and self.example is not None else None
 
@@ -68,15 +71,20 @@ class LocalEvaluator:
         start = time.perf_counter()
         pruned = self.space.apply(cand.ratios)
         flops, params = count_cost(pruned, self.space.example)
-        ratio = ci = None
-        if self.budget.measured:
+        ratio = ci = source = None
+        if self.budget.measured and cand.latency == "measured":
             assert self.meter is not None and self.example is not None and self._base_call is not None
             stats = self.meter.compare_calls(self.meter.prepare(pruned, self.example), self._base_call)
-            ratio, ci = stats.ratio, (stats.ci_low, stats.ci_high)
+            ratio, ci, source = stats.ratio, (stats.ci_low, stats.ci_high), "measured"
+        elif self.budget.measured and cand.latency == "lut":
+            if self.lut is None:
+                raise ValueError("candidate asks for lookup-table latency but no table was built")
+            ratio = self.lut.predict(self.space.kept_for(cand.ratios)) / self._lut_base
+            ci, source = (ratio, ratio), "lut"
         val = None
         if cand.accuracy:
-            model = restore_accuracy(pruned, self.data, self.recipe)
-            val = accuracy(model, self.data.val, self.recipe.batch_size, self.recipe.val_limit)
+            recipe = self.recipe if cand.short_steps is None else replace(self.recipe, short_steps=cand.short_steps)
+            model = restore_accuracy(pruned, self.data, recipe)
+            val = accuracy(model, self.data.val, recipe.batch_size, recipe.val_limit)
         met = self.budget.met(flops, params, ci[1] if ci else None)
-        return Evaluation(cand, flops, params, met, val, ratio, ci, "measured" if ratio is not None else None,
-                          time.perf_counter() - start)
+        return Evaluation(cand, flops, params, met, val, ratio, ci, source, time.perf_counter() - start)

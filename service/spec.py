@@ -112,7 +112,70 @@ class BisectionStrategy(Strict):
     steps: int = Field(12, ge=2, le=60, description="bisection steps on the knob")
 
 
-StrategySpec = Annotated[BisectionStrategy, Field(discriminator="name")]
+class SensitivityStrategy(Strict):
+    """Prune one group at a time at each ratio, then one accuracy-loss threshold sets every group's ratio."""
+
+    name: Literal["sensitivity"]
+    ratios: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                min_length=1, max_length=50)
+    threshold_steps: int = Field(20, ge=2, le=100, description="bisection steps on the accuracy-loss threshold")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, v: list[float]) -> list[float]:
+        if any(not 0 < r < 1 for r in v):
+            raise ValueError("every ratio must be in (0, 1)")
+        return sorted(set(v))
+
+
+class NetAdaptStrategy(Strict):
+    """Iterations that each remove a shrinking slice of the resource; keep the best candidate per iteration."""
+
+    name: Literal["netadapt"]
+    initial_fraction: float = Field(0.1, gt=0, lt=1, description="first iteration removes this fraction of the base")
+    decay: float = Field(0.96, gt=0, le=1, description="each iteration's slice is the previous one times this")
+    short_steps: int = Field(20, ge=0, le=100_000, description="fine-tune steps per candidate")
+    max_iterations: int = Field(40, ge=1, le=1000)
+
+
+class AMCStrategy(Strict):
+    """DDPG agent (stable-baselines3) walking the groups, one action (ratio) per group."""
+
+    name: Literal["amc"]
+    episodes: int = Field(120, ge=2, le=100_000)
+    warmup_episodes: int = Field(20, ge=1, le=100_000, description="episodes of random actions before learning")
+    reward: Literal["accuracy_guaranteed", "resource_constrained"] = "accuracy_guaranteed"
+    lower: float = Field(0.0, ge=0, lt=1, description="smallest ratio an action can ask for")
+    upper: float = Field(0.8, gt=0, lt=1, description="largest ratio an action can ask for")
+    noise_sigma: float = Field(0.5, ge=0, le=2, description="initial exploration noise (truncated normal)")
+    noise_decay: float = Field(0.95, gt=0, le=1, description="per-episode decay of the exploration noise")
+    baseline_momentum: float = Field(0.95, ge=0, lt=1, description="moving-average reward baseline")
+    batch_size: int = Field(64, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AMCStrategy:
+        if self.lower >= self.upper:
+            raise ValueError("strategy.lower must be below strategy.upper")
+        if self.warmup_episodes >= self.episodes:
+            raise ValueError("strategy.warmup_episodes must be fewer than strategy.episodes")
+        return self
+
+
+class OptunaStrategy(Strict):
+    """Optuna: TPE for one objective under the budget, or NSGA-II for accuracy vs latency (a Pareto front)."""
+
+    name: Literal["optuna"]
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    trials: int = Field(60, ge=2, le=100_000)
+    parallel: int = Field(2, ge=1, le=256, description="trials asked at once and evaluated in parallel")
+    storage: str | None = Field(None, description="Optuna storage URL; default: SQLite in the job folder")
+
+
+StrategySpec = Annotated[
+    BisectionStrategy | SensitivityStrategy | NetAdaptStrategy | AMCStrategy | OptunaStrategy,
+    Field(discriminator="name"),
+]
 
 
 class JobSpec(Strict):

@@ -63,7 +63,7 @@ def job_dict(**overrides: Any) -> dict[str, Any]:
         "evaluation": {"recalibration_batches": 2},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(job.get(key), dict):
+        if isinstance(value, dict) and isinstance(job.get(key), dict) and key != "strategy":
             job[key] = {**job[key], **value}
         else:
             job[key] = value

@@ -1,0 +1,106 @@
+"""Every agent through the same checks (as Optuna runs every storage through one suite).
+
+A tiny model, synthetic data, and both a FLOPs budget and a measured-latency budget (with a
+lookup table). Parameters are shrunk so each agent finishes in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.base import Candidate, Evaluation, SearchContext
+from agents.budget import Budget
+from agents.driver import run_search
+from agents.registry import AGENTS, make_agent
+from measurement.evaluator import AccuracyRecipe, LocalEvaluator
+from measurement.latency import LatencyMeter, MeterSettings
+from measurement.lut import LatencyTable
+from tests.conftest import make_space, synthetic_splits
+
+FAST: dict[str, dict[str, Any]] = {
+    "uniform": {"steps": 5},
+    "global": {"steps": 5},
+    "sensitivity": {"ratios": [0.3, 0.6], "threshold_steps": 8},
+    "netadapt": {"initial_fraction": 0.25, "decay": 1.0, "short_steps": 2, "max_iterations": 6},
+    "amc": {"episodes": 6, "warmup_episodes": 3, "batch_size": 8},
+    "optuna": {"trials": 8, "parallel": 2},
+}
+MAX_EVALUATIONS = 200
+
+
+class CountingEvaluator:
+    """Wraps the real evaluator and records what the driver asked for."""
+
+    def __init__(self, inner: LocalEvaluator) -> None:
+        self.inner = inner
+        self.seen: list[int] = []
+
+    def __call__(self, candidates: list[Candidate]) -> list[Evaluation]:
+        self.seen += [c.id for c in candidates]
+        assert len(self.seen) <= MAX_EVALUATIONS, "agent does not terminate"
+        return self.inner(candidates)
+
+
+def search(name: str, metric: str, tmp_path: Path, seed: int = 0) -> tuple[Any, Any, CountingEvaluator, list[Any]]:
+    space = make_space("small_cnn", 8, round_to=2)
+    data = synthetic_splits(1, 8)
+    lut = meter = None
+    if metric == "latency_ms":
+        meter = LatencyMeter(MeterSettings(batch_size=16, warmup=1, repeats=6, max_seconds=0.3, ci_halfwidth=0.05))
+        lut = LatencyTable(space, meter, tmp_path / "lut", repeats=3)
+        lut.build()
+        base_ms = meter.measure(space.base, meter.example(1, 8), repeats=20).median_ms
+        lut.calibrate(base_ms)
+        budget = Budget("latency_ms", 0.8 * base_ms, base_ms, tolerance=0.05)
+    else:
+        budget = Budget("flops", 0.5 * space.flops, float(space.flops))
+    events: list[dict[str, Any]] = []
+    ctx = SearchContext(space, budget, seed, emit=events.append, lut=lut, workdir=tmp_path)
+    agent = make_agent(name, ctx, FAST[name])
+    evaluator = CountingEvaluator(LocalEvaluator(space, data, budget, AccuracyRecipe(recalibration_batches=1),
+                                                 meter, lut))
+    outcome = run_search(agent, evaluator, events.append)
+    return agent, outcome, evaluator, events
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_flops_budget(name: str, tmp_path: Path) -> None:
+    agent, outcome, evaluator, events = search(name, "flops", tmp_path)
+    space = agent.ctx.space
+    assert len(evaluator.seen) == len(set(evaluator.seen)) == len(outcome.history), "each candidate exactly once"
+    for e in outcome.history:
+        assert set(e.candidate.ratios) <= {d.name for d in space.dimensions}
+        assert all(0 <= r <= space.dimension(n).max_ratio + 1e-9 for n, r in e.candidate.ratios.items())
+    best = outcome.best
+    assert best is not None and best.meets_budget and best in outcome.history
+    assert space.cost(best.candidate.ratios)[0] <= agent.ctx.budget.limit
+    assert any(e["type"] == "evaluation" for e in events)
+    assert isinstance(agent.summary(), dict)
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_measured_latency_budget(name: str, tmp_path: Path) -> None:
+    agent, outcome, _, _ = search(name, "latency_ms", tmp_path)
+    best = outcome.best
+    assert best is not None and best.meets_budget
+    if best.latency_source == "measured":
+        assert best.latency_ci is not None and best.latency_ci[1] <= 0.8 * 1.05
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_same_seed_same_search(name: str, tmp_path: Path) -> None:
+    _, first, _, _ = search(name, "flops", tmp_path / "a")
+    _, second, _, _ = search(name, "flops", tmp_path / "b")
+    assert [dict(e.candidate.ratios) for e in first.history] == [dict(e.candidate.ratios) for e in second.history]
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_save_writes_only_what_it_lists(name: str, tmp_path: Path) -> None:
+    agent, _, _, _ = search(name, "flops", tmp_path / "run")
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    files = agent.save(out)
+    assert sorted(files) == sorted(p.name for p in out.iterdir())
