@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import environment, markdown_table, write  # noqa: E402
-from measurement.latency import LatencyMeter, MeterSettings  # noqa: E402
-from measurement.lut import LatencyTable  # noqa: E402
-from search_spaces.plan import ModelIdentity  # noqa: E402
-from search_spaces.space import PruningSpace  # noqa: E402
-from search_spaces.weights import load_into, read_state_dict  # noqa: E402
-from search_spaces.zoo import build_model  # noqa: E402
+from bench.results_io import environment, markdown_table, write
+from measurement.latency import LatencyMeter, MeterSettings
+from measurement.lut import LatencyTable
+from search_spaces.plan import ModelIdentity
+from search_spaces.space import PruningSpace
+from search_spaces.weights import load_into, read_state_dict
+from search_spaces.zoo import build_model
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints/resnet20_fashion-mnist/model.safetensors"
 RATIOS = (0.3, 0.5, 0.7)

@@ -1,7 +1,10 @@
-"""Evaluate candidate plans: cost, measured latency ratio against the base, validation accuracy.
+"""Evaluate candidate plans: cost, latency ratio against the base, validation accuracy.
 
-Accuracy always follows the same recipe so candidates are comparable: apply the plan, recalibrate
-BatchNorm on training batches, optionally fine-tune N steps, score on the validation split.
+The steps are plain functions of (space, data, plan) so that every backend runs the same code:
+`LocalEvaluator` calls them in this process, the Ray backend calls them inside actors that hold
+the base model and data. Accuracy always follows one recipe so candidates are comparable: apply
+the plan, recalibrate BatchNorm on training batches, optionally fine-tune N steps, score on the
+validation split.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from torch import nn
 from agents.base import Candidate, Evaluation
 from agents.budget import Budget
 from measurement.accuracy import accuracy, recalibrate_batchnorm
-from measurement.latency import LatencyMeter
+from measurement.latency import LatencyMeter, RatioStats
 from measurement.lut import LatencyTable
+from measurement.runtimes import InferenceCall
 from measurement.training import TrainConfig, default_augment, train
 from search_spaces.datasets import DataSplits
 from search_spaces.space import PruningSpace, count_cost
@@ -33,6 +37,16 @@ class AccuracyRecipe:
     finetune_batch_size: int = 128
     seed: int = 0
 
+    def for_candidate(self, cand: Candidate) -> AccuracyRecipe:
+        return self if cand.short_steps is None else replace(self, short_steps=cand.short_steps)
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    val_acc: float | None
+    flops: int
+    params: int
+
 
 def restore_accuracy(model: nn.Module, data: DataSplits, recipe: AccuracyRecipe) -> nn.Module:
     """BN recalibration and the short fine-tune that every candidate gets before it is scored."""
@@ -45,46 +59,62 @@ def restore_accuracy(model: nn.Module, data: DataSplits, recipe: AccuracyRecipe)
     return model
 
 
-def validation_accuracy(space: PruningSpace, data: DataSplits, ratios: dict[str, float],
-                        recipe: AccuracyRecipe) -> float:
-    model = restore_accuracy(space.apply(ratios), data, recipe)
-    return accuracy(model, data.val, recipe.batch_size, recipe.val_limit)
+def score_accuracy(space: PruningSpace, data: DataSplits, cand: Candidate, recipe: AccuracyRecipe) -> AccuracyResult:
+    """Cost of the plan, and its validation accuracy if the candidate asks for it."""
+    pruned = space.apply(cand.ratios)
+    flops, params = count_cost(pruned, space.example)
+    if not cand.accuracy:
+        return AccuracyResult(None, flops, params)
+    recipe = recipe.for_candidate(cand)
+    model = restore_accuracy(pruned, data, recipe)
+    return AccuracyResult(accuracy(model, data.val, recipe.batch_size, recipe.val_limit), flops, params)
+
+
+class DeviceTimer:
+    """Times plans against the base on one device; holds the base's compiled call between plans."""
+
+    def __init__(self, space: PruningSpace, meter: LatencyMeter) -> None:
+        self.space, self.meter = space, meter
+        self.example = meter.example(space.identity.in_channels, space.identity.input_size)
+        self._base: InferenceCall = meter.prepare(space.base, self.example)
+
+    def ratio(self, ratios: dict[str, float]) -> RatioStats:
+        return self.meter.compare_calls(self.meter.prepare(self.space.apply(ratios), self.example), self._base)
+
+
+def assemble(cand: Candidate, acc: AccuracyResult, budget: Budget, measured: RatioStats | None,
+             lut: LatencyTable | None, space: PruningSpace, seconds: float) -> Evaluation:
+    """One Evaluation from the parts, with the budget decided by the one rule in `Budget.met`."""
+    ratio = ci = source = None
+    if measured is not None:
+        ratio, ci, source = measured.ratio, (measured.ci_low, measured.ci_high), "measured"
+    elif budget.measured and cand.latency == "lut":
+        if lut is None:
+            raise ValueError("candidate asks for lookup-table latency but no table was built")
+        full = lut.predict({d.name: d.channels for d in space.dimensions})
+        ratio = lut.predict(space.kept_for(cand.ratios)) / full
+        ci, source = (ratio, ratio), "lut"
+    met = budget.met(acc.flops, acc.params, ci[1] if ci else None)
+    return Evaluation(cand, acc.flops, acc.params, met, acc.val_acc, ratio, ci, source, seconds)
 
 
 class LocalEvaluator:
-    """Evaluates candidates one after another in this process (the Ray backend distributes the same steps)."""
+    """Evaluates candidates one after another in this process."""
 
     def __init__(self, space: PruningSpace, data: DataSplits, budget: Budget, recipe: AccuracyRecipe,
                  meter: LatencyMeter | None, lut: LatencyTable | None = None) -> None:
         if budget.measured and meter is None:
             raise ValueError("a latency budget needs a latency meter")
-        self.space, self.data, self.budget, self.recipe, self.meter = space, data, budget, recipe, meter
-        self.lut = lut
-        self._lut_base = lut.predict({d.name: d.channels for d in space.dimensions}) if lut else 1.0
-        self.example = meter.example(space.identity.in_channels, space.identity.input_size) if meter else None
-        self._base_call = meter.prepare(space.base, self.example) if meter and self.example is not None else None
+        self.space, self.data, self.budget, self.recipe, self.lut = space, data, budget, recipe, lut
+        self.timer = DeviceTimer(space, meter) if meter is not None and budget.measured else None
 
     def __call__(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
         return [self.evaluate(c) for c in candidates]
 
     def evaluate(self, cand: Candidate) -> Evaluation:
         start = time.perf_counter()
-        pruned = self.space.apply(cand.ratios)
-        flops, params = count_cost(pruned, self.space.example)
-        ratio = ci = source = None
-        if self.budget.measured and cand.latency == "measured":
-            assert self.meter is not None and self.example is not None and self._base_call is not None
-            stats = self.meter.compare_calls(self.meter.prepare(pruned, self.example), self._base_call)
-            ratio, ci, source = stats.ratio, (stats.ci_low, stats.ci_high), "measured"
-        elif self.budget.measured and cand.latency == "lut":
-            if self.lut is None:
-                raise ValueError("candidate asks for lookup-table latency but no table was built")
-            ratio = self.lut.predict(self.space.kept_for(cand.ratios)) / self._lut_base
-            ci, source = (ratio, ratio), "lut"
-        val = None
-        if cand.accuracy:
-            recipe = self.recipe if cand.short_steps is None else replace(self.recipe, short_steps=cand.short_steps)
-            model = restore_accuracy(pruned, self.data, recipe)
-            val = accuracy(model, self.data.val, recipe.batch_size, recipe.val_limit)
-        met = self.budget.met(flops, params, ci[1] if ci else None)
-        return Evaluation(cand, flops, params, met, val, ratio, ci, source, time.perf_counter() - start)
+        measured = None
+        if self.timer is not None and cand.latency == "measured":
+            measured = self.timer.ratio(dict(cand.ratios))
+        acc = score_accuracy(self.space, self.data, cand, self.recipe)
+        return assemble(cand, acc, self.budget, measured, self.lut, self.space, time.perf_counter() - start)

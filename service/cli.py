@@ -27,6 +27,7 @@ from search_spaces.plan import PlanMismatchError
 from search_spaces.space import SpaceError
 from search_spaces.weights import WeightsError, save_weights
 from search_spaces.zoo import UnknownModelError, build_model
+from service.config import RayUnavailableError, Settings
 from service.progress import EventBars, configure_logging, step_bar
 from service.spec import DatasetSpec, ModelSpec, SpecError
 
@@ -76,8 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         data = spec.model_dump()
         data["strategy"] = {"name": args.strategy}
         spec = parse_spec(data)
-    log.info("job.start", job=args.job, strategy=spec.strategy.name, budget=spec.budget.model_dump(), out=args.out)
-    result = run_job(spec, args.out, emit=EventBars(enabled=not args.quiet))
+    settings = Settings(**({"ray_address": args.ray_address} if args.ray_address else {}))
+    if args.local:
+        spec = spec.model_copy(update={"execution": spec.execution.model_copy(update={"backend": "local"})})
+    log.info("job.start", job=args.job, strategy=spec.strategy.name, budget=spec.budget.model_dump(), out=args.out,
+             backend=spec.execution.backend)
+    result = run_job(spec, args.out, emit=EventBars(enabled=not args.quiet), settings=settings)
     print(summary_table(result.report))
     print(f"artifacts: {result.out_dir}")
     return 0
@@ -152,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="artifact folder")
     run.add_argument("--strategy", default=None, help="override the job's strategy (its parameters take defaults)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--ray-address", default=None, help="join this Ray cluster (default: PRUNESEARCH_RAY_ADDRESS, "
+                                                         "else an embedded one)")
+    run.add_argument("--local", action="store_true", help="evaluate in-process instead of on Ray")
     run.set_defaults(func=cmd_run)
 
     evaluate = sub.add_parser("evaluate", help="rebuild a pruned model from DIR and re-measure it here")
@@ -170,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USAGE_ERRORS as exc:
         print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RayUnavailableError as exc:
+        print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

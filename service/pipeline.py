@@ -21,11 +21,12 @@ from torch import nn
 
 from agents.base import Emit, SearchContext
 from agents.budget import Budget, BudgetUnreachableError
-from agents.driver import run_search
+from agents.driver import EvaluateFn, run_search
 from agents.registry import make_agent
 from measurement.accuracy import accuracy, recalibrate_batchnorm
 from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import LatencyMeter, LatencyStats, MeterSettings
+from measurement.lut import LatencyTable
 from measurement.training import fit
 from search_spaces.artifacts import ONNX_FILE, export_onnx, save_pruned
 from search_spaces.datasets import DataSplits, load_dataset
@@ -33,6 +34,7 @@ from search_spaces.plan import ModelIdentity, Plan
 from search_spaces.space import PruningSpace, count_cost
 from search_spaces.weights import load_into, read_state_dict
 from search_spaces.zoo import build_model
+from service.config import Settings
 from service.spec import JobSpec, SpecError, TrainWeights
 
 log = structlog.get_logger()
@@ -119,9 +121,31 @@ def resolve_budget(spec: JobSpec, space: PruningSpace, base_latency: LatencyStat
     return budget
 
 
+def build_lut(space: PruningSpace, meter: LatencyMeter, base_ms: float, cache_dir: Path, emit: Emit) -> LatencyTable:
+    """Per-layer latency on the target device (cached per device setting), calibrated on the base."""
+    table = LatencyTable(space, meter, cache_dir)
+    table.build(lambda done, total: emit({"type": "progress", "phase": "lookup_table", "done": done, "total": total}))
+    table.calibrate(base_ms)
+    return table
+
+
+def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data: DataSplits, budget: Budget,
+                   meter: LatencyMeter, lut: LatencyTable | None) -> EvaluateFn:
+    recipe = accuracy_recipe(spec)
+    if spec.execution.backend == "local":
+        return LocalEvaluator(space, data, budget, recipe, meter if budget.measured else None, lut)
+    from service.ray_backend import RayEvaluator, connect
+
+    connect(settings.ray_address)
+    return RayEvaluator(space, data, budget, recipe, meter.settings if budget.measured else None, lut,
+                        spec.execution.accuracy_workers)
+
+
 def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
-            factories: Mapping[str, str] | None = None) -> JobResult:
+            settings: Settings | None = None) -> JobResult:
     emit = emit or (lambda event: None)
+    settings = settings or Settings()
+    factories = settings.model_factories
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(spec.model_dump_json(indent=2) + "\n")
@@ -149,12 +173,19 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
     budget = resolve_budget(spec, space, base_latency)
     emit({"type": "budget", **budget.describe()})
     recipe = accuracy_recipe(spec)
-    evaluator = LocalEvaluator(space, data, budget, recipe, meter if budget.measured else None)
-    ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit)
-    params = spec.strategy.model_dump(exclude={"name"})
-    agent = make_agent(spec.strategy.name, ctx, params)
+    lut = None
+    if budget.measured:
+        with phases("lookup_table"):
+            lut = build_lut(space, meter, base_latency.median_ms, settings.lut_cache_dir, emit)
+    ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit, lut=lut, workdir=out)
+    agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
     with phases("search"):
-        outcome = run_search(agent, evaluator, emit)
+        evaluator = make_evaluator(spec, settings, space, data, budget, meter, lut)
+        try:
+            outcome = run_search(agent, evaluator, emit)
+        finally:
+            if hasattr(evaluator, "shutdown"):
+                evaluator.shutdown()
     if outcome.best is None:
         raise BudgetUnreachableError(f"budget.target: no plan found by {agent.name} meets {budget.describe()}")
     ratios = dict(outcome.best.candidate.ratios)
@@ -184,6 +215,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
     with phases("artifacts"):
         save_pruned(out, pruned, plan)
         onnx_note = export_onnx(pruned, example[:1], out / ONNX_FILE)
+        agent_files = agent.save(out)
+        (out / "agent.json").write_text(json.dumps(agent.summary(), indent=1, default=float) + "\n")
     report: dict[str, Any] = {
         "job": spec.name, "strategy": agent.name, "criterion": spec.criterion,
         "budget": budget.describe(),
@@ -196,7 +229,11 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
                    "latency": final.ratio, "latency_ci": [final.ci_low, final.ci_high],
                    "latency_converged": final.converged, "latency_pairs": final.pairs},
         "measurement": meter.settings.describe(),
-        "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3)},
+        "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3),
+                   "backend": spec.execution.backend, "agent_files": agent_files},
+        "lookup_table": ({"predicted_latency_ratio": ctx.predicted_latency_ratio(ratios),
+                          "error_vs_measured": ctx.predicted_latency_ratio(ratios) / final.ratio - 1}
+                         if lut is not None else None),
         "phases_seconds": phases.seconds,
         "data": data.sizes(),
         "onnx": onnx_note or "exported",

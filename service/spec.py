@@ -178,6 +178,11 @@ StrategySpec = Annotated[
 ]
 
 
+class ExecutionSpec(Strict):
+    backend: Literal["ray", "local"] = Field("ray", description="ray: evaluations on Ray actors; local: in-process")
+    accuracy_workers: int | None = Field(None, ge=1, le=1024, description="default: every CPU not used for timing")
+
+
 class JobSpec(Strict):
     name: str | None = Field(None, max_length=200)
     model: ModelSpec
@@ -192,6 +197,7 @@ class JobSpec(Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     measurement: MeasurementSpec = MeasurementSpec()
     finetune: FinetuneSpec = FinetuneSpec()
+    execution: ExecutionSpec = ExecutionSpec()
     seed: int = 0
 
     @field_validator("keep_layers")

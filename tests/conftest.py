@@ -61,6 +61,7 @@ def job_dict(**overrides: Any) -> dict[str, Any]:
         "strategy": {"name": "uniform", "steps": 6},
         "measurement": {"max_seconds": 1, "repeats": 5, "warmup": 1},
         "evaluation": {"recalibration_batches": 2},
+        "execution": {"backend": "local"},  # Ray has its own tests; in-process keeps these fast
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(job.get(key), dict) and key != "strategy":

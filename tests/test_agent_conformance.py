@@ -83,7 +83,7 @@ def test_flops_budget(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_measured_latency_budget(name: str, tmp_path: Path) -> None:
-    agent, outcome, _, _ = search(name, "latency_ms", tmp_path)
+    _agent, outcome, _, _ = search(name, "latency_ms", tmp_path)
     best = outcome.best
     assert best is not None and best.meets_budget
     if best.latency_source == "measured":

@@ -51,6 +51,7 @@ def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
     chosen = [h for h in history if h["meets_budget"]]
     assert chosen and all(h["latency_ci"][1] <= 0.7 * 1.03 for h in chosen)
     assert report["measurement"]["threads"] == 1 and report["measurement"]["batch_size"] == 64
+    assert report["lookup_table"]["predicted_latency_ratio"] > 0  # built on the device, calibrated on the base
 
 
 def test_cli_run_then_evaluate(tmp_path: Path) -> None:
