@@ -42,7 +42,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: 
     return "\n".join(lines)
 
 
-def write(name: str, data: dict[str, Any], markdown: str) -> None:
+def write(name: str, data: Any, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
