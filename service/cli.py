@@ -28,7 +28,7 @@ from search_spaces.space import SpaceError
 from search_spaces.weights import WeightsError, save_weights
 from search_spaces.zoo import UnknownModelError, build_model
 from service.config import RayUnavailableError, Settings
-from service.progress import EventBars, configure_logging, step_bar
+from service.progress import EventBars, configure_logging
 from service.spec import DatasetSpec, ModelSpec, SpecError
 
 log = structlog.get_logger()
@@ -50,8 +50,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(spec)
     log.info("train.start", arch=spec.arch, dataset=dataset.name, epochs=args.epochs, **data.sizes())
     start = time.perf_counter()
-    with step_bar(f"train {spec.arch}") as bar:
-        fit(model, data.train, dataset.name, args.epochs, args.lr, args.batch_size, args.seed, progress=bar)
+    from service.pipeline import step_progress
+
+    bars = EventBars()
+    fit(model, data.train, dataset.name, args.epochs, args.lr, args.batch_size, args.seed,
+        progress=step_progress(bars, f"train {spec.arch}"))
+    bars({"type": "phase", "phase": f"train {spec.arch}", "state": "end"})
     meta = {
         "model": spec.model_dump(exclude={"weights"}),
         "dataset": dataset.model_dump(),

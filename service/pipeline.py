@@ -65,6 +65,15 @@ class Phases:
             self.emit({"type": "phase", "phase": name, "state": "end", "seconds": self.seconds[name]})
 
 
+def step_progress(emit: Emit, phase: str, every: int = 10) -> Callable[[int, int, float], None]:
+    """Training-loop callback that turns every `every`-th step into a progress event."""
+
+    def report(step: int, total: int, loss: float) -> None:
+        if step == total or step % every == 0:
+            emit({"type": "progress", "phase": phase, "done": step, "total": total, "loss": round(loss, 4)})
+    return report
+
+
 def meter_settings(spec: JobSpec) -> MeterSettings:
     d, m = spec.device, spec.measurement
     return MeterSettings(device=d.name, threads=d.threads, batch_size=d.batch_size, runtime=d.runtime,
@@ -152,14 +161,10 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
     phases = Phases(emit)
     torch.set_num_threads(os.cpu_count() or 1)
 
-    def train_progress(step: int, total: int, loss: float) -> None:
-        if step == total or step % 10 == 0:
-            emit({"type": "progress", "phase": "base_model", "done": step, "total": total, "loss": round(loss, 4)})
-
     with phases("data"):
         data = load_data(spec)
     with phases("base_model"):
-        model = base_model(spec, data, factories, train_progress)
+        model = base_model(spec, data, factories, step_progress(emit, "base_model"))
     identity = ModelIdentity(**spec.model.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
     with phases("space"):
         calib_bs = 16 if spec.criterion == "hessian" else spec.finetune.batch_size
@@ -198,11 +203,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
         pruned_acc = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
                       "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
         if spec.finetune.final_epochs > 0:
-            def ft_progress(step: int, total: int, loss: float) -> None:
-                if step == total or step % 10 == 0:
-                    emit({"type": "progress", "phase": "final_model", "done": step, "total": total})
             fit(pruned, data.train, data.name, spec.finetune.final_epochs, spec.finetune.effective_lr,
-                spec.finetune.batch_size, spec.seed, schedule="cosine", progress=ft_progress)
+                spec.finetune.batch_size, spec.seed, schedule="cosine", progress=step_progress(emit, "final_model"))
             pruned_acc |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
                            "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
         pruned.eval()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import structlog
 from tqdm import tqdm
@@ -20,28 +18,6 @@ def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-
-
-@contextmanager
-def step_bar(desc: str, enabled: bool = True) -> Iterator[Callable[[int, int, float], None]]:
-    """A tqdm bar driven by (step, total, loss) callbacks, as the training loop reports them."""
-    bar: tqdm | None = None
-
-    def update(step: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if not enabled:
-            return
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 class EventBars:
