@@ -27,6 +27,7 @@ from search_spaces.plan import PlanMismatchError
 from search_spaces.space import SpaceError
 from search_spaces.weights import WeightsError, save_weights
 from search_spaces.zoo import UnknownModelError, build_model
+from service.client import ApiError
 from service.config import RayUnavailableError, Settings
 from service.progress import EventBars, configure_logging
 from service.spec import DatasetSpec, ModelSpec, SpecError
@@ -137,6 +138,88 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "database_url": args.db,
+                                   "ray_address": args.ray_address, "artifact_dir": args.artifact_dir}.items()
+                 if v is not None}
+    settings = Settings(**overrides)
+    if not settings.tokens and settings.host not in LOOPBACK:
+        raise SpecError(f"--host {settings.host}: refusing to serve beyond loopback without tokens "
+                        "(set PRUNESEARCH_TOKENS)")
+    app = create_app(settings)
+    print(f"dashboard: http://{settings.host}:{settings.port}/  api: http://{settings.host}:{settings.port}/docs",
+          flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import Client
+
+    return Client(args.server, args.token)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from service.spec import load_spec
+
+    spec = load_spec(args.job)
+    job = _client(args).submit(spec.model_dump(mode="json", exclude_none=True))
+    print(json.dumps({"id": job["id"], "status": job["status"]}))
+    if args.wait:
+        return _watch(args, job["id"])
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_client(args).job(args.id), indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    page = _client(args).jobs(args.status, args.limit)
+    for job in page["items"]:
+        progress = job.get("progress") or {}
+        print(f"{job['id']}  {job['status']:<9}  {job.get('name') or '':<30}  {progress.get('phase', '')}")
+    print(f"{len(page['items'])} of {page['total']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    print(json.dumps({k: v for k, v in _client(args).cancel(args.id).items() if k in ("id", "status")}))
+    return 0
+
+
+def _watch(args: argparse.Namespace, job_id: str) -> int:
+    client = _client(args)
+    bars = EventBars(enabled=not getattr(args, "quiet", False))
+    status = "unknown"
+    for _, kind, data in client.events(job_id):
+        if kind == "end":
+            status = data["status"]
+            break
+        bars(data)
+    job = client.job(job_id)
+    print(json.dumps({"id": job_id, "status": status, "error": job.get("error")}))
+    return 0 if status == "succeeded" else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    return _watch(args, args.id)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    names = _client(args).fetch(args.id, Path(args.out))
+    print(json.dumps({"out": args.out, "files": names}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunesearch", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -170,6 +253,39 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dir")
     evaluate.add_argument("--repeats", type=int, default=30)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    serve = sub.add_parser("serve", help="run the job server (REST API, job runner)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--db", default=None, help="database URL (default sqlite:///prunesearch.db)")
+    serve.add_argument("--ray-address", default=None)
+    serve.add_argument("--artifact-dir", default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--server", default=None, help="default: $PRUNESEARCH_SERVER or http://127.0.0.1:8000")
+        p.add_argument("--token", default=None, help="default: $PRUNESEARCH_TOKEN")
+        return p
+
+    submit = client_parser("submit", "submit a job file to the server")
+    submit.add_argument("job")
+    submit.add_argument("--wait", action="store_true", help="follow progress until the job ends")
+    submit.add_argument("--quiet", action="store_true")
+    submit.set_defaults(func=cmd_submit)
+    for name, func, help_text in (("status", cmd_status, "show a job"), ("watch", cmd_watch, "follow a job live"),
+                                  ("cancel", cmd_cancel, "cancel a job")):
+        p = client_parser(name, help_text)
+        p.add_argument("id")
+        p.set_defaults(func=func)
+    listing = client_parser("list", "list jobs")
+    listing.add_argument("--status", default=None)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(func=cmd_list)
+    fetch = client_parser("fetch", "download a job's artifacts")
+    fetch.add_argument("id")
+    fetch.add_argument("--out", required=True)
+    fetch.set_defaults(func=cmd_fetch)
     return parser
 
 
@@ -185,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RayUnavailableError as exc:
         print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except ApiError as exc:
+        print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2 if 400 <= exc.status < 500 else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Operator settings (not per job): from environment variables `PRUNESEARCH_*` or a `.env` file."""
+"""Operator settings (never per job): environment variables `PRUNESEARCH_*`, or a `.env` file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,3 +21,19 @@ class Settings(BaseSettings):
                                 description="where per-device latency lookup tables are cached")
     model_factories: dict[str, str] = Field(default_factory=dict,
                                             description='operator-registered models: {"name": "pkg.module:function"}')
+    # -- server ------------------------------------------------------------------------------------
+    database_url: str = Field("sqlite:///prunesearch.db", description="SQLAlchemy URL: SQLite (default) or PostgreSQL")
+    artifact_dir: Path = Field(Path("artifacts"), description="job artifacts and uploaded weights")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    tokens: dict[str, SecretStr] = Field(default_factory=dict, description='bearer tokens {"name": "secret"}; '
+                                                                           "mutating endpoints need one")
+    read_tokens: dict[str, SecretStr] = Field(default_factory=dict, description="tokens that may only read")
+    open_reads: bool = Field(True, description="reads need no token")
+    cors_origins: list[str] = Field(default_factory=list)
+    max_concurrent_jobs: int = Field(1, ge=1, le=64, description="jobs run at once; the rest queue in order")
+    max_upload_bytes: int = Field(200 * 2**20, ge=1)
+    stale_after_s: float = Field(15.0, gt=0, description="a running job whose worker has not heartbeat for this "
+                                                          "long is re-queued at start-up")
+    dataset_roots: dict[str, str] = Field(default_factory=dict,
+                                          description='operator dataset folders {"fashion-mnist": "/data/fmnist"}')

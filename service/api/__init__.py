@@ -1,0 +1,1 @@
+"""The REST API: FastAPI app, dependencies, one router per resource."""

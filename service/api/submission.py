@@ -1,0 +1,81 @@
+"""Checks a valid spec must pass before it is queued: what only the server can know.
+
+422 for a value that is wrong in itself (an architecture the catalog lacks), 400 for a valid
+spec the server cannot satisfy (unknown upload, a device no node has, a budget the space cannot
+reach). Both name the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from fastapi import HTTPException, status
+
+from search_spaces.datasets import available_datasets
+from search_spaces.plan import ModelIdentity
+from search_spaces.space import PruningSpace, SpaceError
+from search_spaces.weights import WeightsError, load_into, read_state_dict
+from search_spaces.zoo import UnknownModelError, build_model
+from service.config import Settings
+from service.spec import JobSpec
+
+
+def field_error(code: int, loc: list[str], msg: str) -> HTTPException:
+    return HTTPException(code, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
+def check_submission(spec: JobSpec, settings: Settings) -> None:
+    """Raise the first problem found; runs in a worker thread (it builds the model once)."""
+    m, d = spec.model, spec.dataset
+    weights = m.weights
+    if isinstance(weights, str) and not weights.startswith("upload:"):
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["model", "weights"],
+                          "the server takes uploaded weights (upload:<id> from POST /weights) or {train_epochs: N}")
+    if d.name not in available_datasets() or d.name.startswith("imagefolder:"):
+        known = [n for n in available_datasets() if not n.startswith("imagefolder")]
+        raise field_error(422, ["dataset", "name"], f"unknown dataset {d.name!r}; available: {known}")
+    if d.root is not None and d.root not in settings.dataset_roots.values():
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["dataset", "root"],
+                          "dataset.root must be left empty (the server's configured root is used)")
+    if spec.device.is_cuda and not torch.cuda.is_available():
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["device", "name"], f"no node has {spec.device.name}")
+    try:
+        model = build_model(m, settings.model_factories)
+    except UnknownModelError as exc:
+        raise field_error(422, ["model", "arch"], str(exc).removeprefix("model.arch: ")) from exc
+    if isinstance(weights, str):
+        path = settings.artifact_dir / "weights" / f"{weights.split(':', 1)[1]}.safetensors"
+        if not path.is_file():
+            raise field_error(status.HTTP_400_BAD_REQUEST, ["model", "weights"], f"no uploaded weights {weights!r}")
+        try:
+            load_into(model, read_state_dict(path), weights)
+        except WeightsError as exc:
+            raise field_error(status.HTTP_400_BAD_REQUEST, ["model", "weights"], str(exc)) from exc
+    identity = ModelIdentity(**m.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
+    try:
+        space = PruningSpace(model, identity, round_to=spec.round_to, max_ratio=spec.max_ratio,
+                             keep_layers=spec.keep_layers)
+    except SpaceError as exc:
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["keep_layers"], str(exc)) from exc
+    _check_budget(spec, space)
+
+
+def _check_budget(spec: JobSpec, space: PruningSpace) -> None:
+    b = spec.budget
+    if b.metric == "latency_ms":
+        return  # only the device can say; the job reports it if no plan meets it
+    flops, params = space.cost(space.uniform(0.999))
+    smallest, base = (flops, space.flops) if b.metric == "flops" else (params, space.params)
+    limit = b.target * base if b.relative else b.target
+    if smallest > limit:
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["budget", "target"],
+                          f"unreachable: the most pruned plan this space allows has {smallest / base:.3f} of the "
+                          f"base {b.metric} (max_ratio={spec.max_ratio})")
+
+
+def example_job() -> dict[str, Any]:
+    return {"name": "digits-demo", "model": {"arch": "small_cnn", "num_classes": 10, "in_channels": 1,
+                                             "input_size": 8, "weights": {"train_epochs": 20}},
+            "dataset": {"name": "digits", "val_size": 300}, "device": {"name": "cpu", "threads": 1, "batch_size": 32},
+            "budget": {"metric": "latency_ms", "target": 0.6}, "strategy": {"name": "uniform", "steps": 8}}

@@ -1,0 +1,108 @@
+"""HTTP client for the job server, used by the CLI: submit, status, watch (SSE), cancel, list, fetch."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, detail: Any) -> None:
+        self.status, self.detail = status, detail
+        super().__init__(f"HTTP {status}: {format_detail(detail)}")
+
+
+def format_detail(detail: Any) -> str:
+    if isinstance(detail, list):  # FastAPI validation errors: name each field
+        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail)
+    return str(detail)
+
+
+class Client:
+    def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 30) -> None:
+        self.base = (server or os.environ.get("PRUNESEARCH_SERVER") or DEFAULT_SERVER).rstrip("/") + "/api/v1"
+        token = token or os.environ.get("PRUNESEARCH_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, self.base + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"cannot reach {self.base}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response.json() if response.headers.get("content-type", "").startswith("application/json") else response
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/jobs", json=spec)
+        return result
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/jobs/{job_id}")
+        return result
+
+    def jobs(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        result: dict[str, Any] = self._call("GET", "/jobs", params=params)
+        return result
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/jobs/{job_id}/cancel")
+        return result
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
+        """(id, type, data) for every event, reconnecting with Last-Event-ID if the stream drops."""
+        last = after
+        while True:
+            try:
+                with self.http.stream("GET", f"{self.base}/jobs/{job_id}/events",
+                                      headers={"Last-Event-ID": str(last)}, timeout=None) as response:
+                    if response.status_code >= 400:
+                        raise ApiError(response.status_code, response.read().decode())
+                    for event_id, kind, data in _parse_sse(response.iter_lines()):
+                        if event_id is not None:
+                            last = event_id
+                        yield event_id, kind, data
+                        if kind == "end":
+                            return
+            except httpx.TransportError:
+                time.sleep(1.0)  # server restarting: resume where we were
+
+    def fetch(self, job_id: str, out: Path) -> list[str]:
+        out.mkdir(parents=True, exist_ok=True)
+        names = []
+        for artifact in self._call("GET", f"/jobs/{job_id}/artifacts"):
+            response = self.http.get(self.base.removesuffix("/api/v1") + artifact["url"])
+            response.raise_for_status()
+            (out / artifact["name"]).write_bytes(response.content)
+            names.append(artifact["name"])
+        return names
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
+    event_id: int | None = None
+    kind, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                yield event_id, kind, json.loads(data)
+            event_id, kind, data = None, "message", ""
+        elif line.startswith("id:"):
+            event_id = int(line[3:].strip())
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()

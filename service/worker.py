@@ -1,0 +1,137 @@
+"""Run one claimed job in its own process: `python -m service.worker JOB_ID`.
+
+The server never runs searches in its own process, so a crashing search or a `kill -9` of the
+server cannot take the other down. Every pipeline event is persisted (the dashboard and SSE
+replay them), progress is summarised on the job row, the runner's cancel request is honoured at
+the next event, and artifacts are registered with their size and hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agents.base import Event
+from service.config import Settings
+from service.pipeline import run_job
+from service.spec import JobSpec, parse_spec
+from service.store import JobStore
+
+log = structlog.get_logger()
+HEARTBEAT_S = 5.0
+CONTENT_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream",
+                 ".onnx": "application/octet-stream", ".zip": "application/zip", ".db": "application/vnd.sqlite3"}
+
+
+class JobCancelled(Exception):
+    """Raised from the event hook when the job's cancellation was requested."""
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.artifact_dir / "jobs" / job_id
+
+
+def resolve_paths(spec: JobSpec, settings: Settings) -> JobSpec:
+    """Turn server-side references into paths: `upload:<id>` weights, operator dataset roots."""
+    data = spec.model_dump()
+    weights = data["model"]["weights"]
+    if isinstance(weights, str) and weights.startswith("upload:"):
+        data["model"]["weights"] = str(settings.artifact_dir / "weights" / f"{weights.split(':', 1)[1]}.safetensors")
+    if data["dataset"]["root"] is None and spec.dataset.name in settings.dataset_roots:
+        data["dataset"]["root"] = settings.dataset_roots[spec.dataset.name]
+    return parse_spec(data)
+
+
+def progress_of(event: Event, progress: dict[str, Any]) -> dict[str, Any]:
+    """Fold one event into the job row's progress summary."""
+    kind = event.get("type")
+    if kind == "phase" and event.get("state") == "start":  # counters belong to a phase: start afresh
+        progress = {"phase": event["phase"], **{k: v for k, v in progress.items() if k == "best_val_acc"}}
+    elif kind in ("evaluation", "progress"):
+        progress = {**progress, "done": event.get("done"), "planned": event.get("planned", event.get("total"))}
+        if event.get("best_val_acc") is not None:
+            progress["best_val_acc"] = event["best_val_acc"]
+        elapsed, done, planned = event.get("elapsed_s"), event.get("done"), progress.get("planned")
+        if kind == "evaluation" and elapsed and done and planned:
+            progress["eta_s"] = round(elapsed / done * max(planned - done, 0), 1)
+    return progress
+
+
+def execute(job_id: str, settings: Settings, worker: str) -> str:
+    """Run the job to an end state and return it; every outcome is written to the store."""
+    store = JobStore(settings.database_url)
+    job = store.get_job(job_id)
+    if job is None:
+        raise SystemExit(f"no job {job_id}")
+    progress: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            store.heartbeat(job_id, worker)
+
+    threading.Thread(target=beat, daemon=True).start()
+
+    def emit(event: Event) -> None:
+        nonlocal progress
+        store.append_event(job_id, event)
+        updated = progress_of(event, progress)
+        if updated != progress:
+            progress = updated
+            store.update_progress(job_id, progress)
+        current = store.get_job(job_id)
+        if current is not None and current.cancel_requested:
+            raise JobCancelled
+
+    out = job_dir(settings, job_id)
+    try:
+        spec = resolve_paths(parse_spec(job.spec), settings)
+        result = run_job(spec, out, emit=emit, settings=settings)
+        register_artifacts(store, job_id, out, settings.artifact_dir)
+        summary = {k: result.report[k] for k in ("budget", "budget_met", "base", "pruned", "ratios", "search")}
+        store.finish(job_id, "succeeded", result=summary, worker=worker)
+        return "succeeded"
+    except JobCancelled:
+        store.append_event(job_id, {"type": "cancelled"})
+        store.finish(job_id, "cancelled", error="cancelled by request", worker=worker)
+        return "cancelled"
+    except Exception as exc:  # every failure ends the job with its reason, never silently
+        log.exception("job.failed", job=job_id)
+        store.append_event(job_id, {"type": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}", worker=worker)
+        return "failed"
+    finally:
+        stop.set()
+
+
+def register_artifacts(store: JobStore, job_id: str, folder: Path, root: Path) -> None:
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".tmp")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        guessed = mimetypes.guess_type(path.name)[0]
+        content_type = CONTENT_TYPES.get(path.suffix) or guessed or "application/octet-stream"
+        store.add_artifact(job_id, path.name, str(path.relative_to(root)), content_type, path.stat().st_size, digest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.progress import configure_logging
+
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 2:
+        print("usage: python -m service.worker JOB_ID WORKER_NAME", file=sys.stderr)
+        return 2
+    configure_logging(json_logs=True)
+    start = time.perf_counter()
+    status = execute(args[0], Settings(), args[1])
+    log.info("job.end", job=args[0], status=status, seconds=round(time.perf_counter() - start, 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
