@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/mypy
 
 pytest: install
-	$(BIN)/python -m pytest -q
+	PRUNESEARCH_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -W ignore::UserWarning
 
 test: lint pytest
 
