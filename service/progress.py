@@ -9,6 +9,17 @@ import structlog
 from tqdm import tqdm
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is at write time: a logger configured once must survive stream swaps
+    (pytest's capture, daemonisation) instead of writing to a stream someone has since closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
     """Structured logs to stderr: key=value for people, JSON lines for machines."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
@@ -16,7 +27,7 @@ def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
     )
 
 
