@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +106,12 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                              groups=m.groups, bias=bias)
         seen.append(info)
 
+    _trace_prunable(model, example, hook)
+    return seen
+
+
+def _trace_prunable(model: nn.Module, example: torch.Tensor, hook: Callable[..., None]) -> None:
+    """One batch-1 forward pass with `hook` on every conv/linear layer."""
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
     try:
         with torch.no_grad():
@@ -114,7 +120,6 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     finally:
         for h in hooks:
             h.remove()
-    return seen
 
 
 def count_cost(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -126,15 +131,7 @@ def count_cost(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
     """The layer that produces the model's output (the classifier head); it is never pruned."""
     last: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: last.append(m)) for m in model.modules()
-             if isinstance(m, PRUNABLE)]
-    try:
-        with torch.no_grad():
-            model.eval()
-            model(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    _trace_prunable(model, example, lambda m, i, o: last.append(m))
     return last[-1] if last else None
 
 
