@@ -32,8 +32,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "global": {"steps": 10},
     "sensitivity": {"ratios": [0.1, 0.3, 0.5, 0.7, 0.9]},
     "netadapt": {"initial_fraction": 0.1, "decay": 0.96, "short_steps": 10},
-    "amc": {"episodes": 120, "warmup_episodes": 20},
-    "optuna": {"trials": 60, "parallel": 2},
+    "amc": {"episodes": 100, "warmup_episodes": 20},
+    "optuna": {"trials": 50, "parallel": 2},
 }
 BUDGETS = {"latency 0.5x": {"metric": "latency_ms", "target": 0.5}, "flops 0.5x": {"metric": "flops", "target": 0.5}}
 CRITERIA = ("l1", "bn_scale", "taylor", "fpgm")
@@ -50,7 +50,7 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, data_r
         "budget": budget,
         "strategy": {"name": strategy, **STRATEGIES[strategy]},
         "criterion": criterion,
-        "evaluation": {"val_limit": 2000},
+        "evaluation": {"val_limit": 1000, "recalibration_batches": 5},
         "measurement": {"max_seconds": 10},
         "finetune": {"final_epochs": FINETUNE_EPOCHS, "base_lr": 0.1},
         "seed": seed,
@@ -102,7 +102,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     criteria = [r for r in rows if r["budget"] == "flops 0.5x" and r.get("criteria_table")]
     env = environment()
     parts = [f"# Search quality — ResNet-20 / Fashion-MNIST ({env['cpu']}, {env['cores']} cores)", "",
-             "Accuracy: validation (2000 samples during search, all 5000 here) and test before fine-tune, test "
+             "Accuracy: validation (1000 samples during search, all 5000 here) and test before fine-tune, test "
              f"after the same {FINETUNE_EPOCHS} epoch fine-tune; latency ratio re-measured on the returned model "
              "(CPU, 1 thread, batch 32, eager); mean ± half-range over seeds.", "",
              "## All strategies, L1 criterion", "", table(main, "strategy")]
