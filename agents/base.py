@@ -52,14 +52,23 @@ class Evaluation:
     seconds: float = 0.0
 
     def record(self) -> dict[str, Any]:
-        """A JSON-ready row of the search history."""
+        """A JSON-ready row of the search history (and, with `from_record`, of a checkpoint)."""
+        c = self.candidate
         return {
-            "id": self.candidate.id, "ratios": dict(self.candidate.ratios), "tag": dict(self.candidate.tag),
+            "id": c.id, "ratios": dict(c.ratios), "tag": dict(c.tag), "accuracy": c.accuracy, "latency": c.latency,
+            "short_steps": c.short_steps,
             "flops": self.flops, "params": self.params, "val_acc": self.val_acc,
             "latency_ratio": self.latency_ratio, "latency_ci": list(self.latency_ci) if self.latency_ci else None,
             "latency_source": self.latency_source, "meets_budget": self.meets_budget,
             "seconds": round(self.seconds, 3),
         }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Evaluation:
+        cand = Candidate(r["id"], dict(r["ratios"]), r["accuracy"], r["latency"], r["short_steps"], dict(r["tag"]))
+        ci = tuple(r["latency_ci"]) if r["latency_ci"] else None
+        return cls(cand, r["flops"], r["params"], r["meets_budget"], r["val_acc"], r["latency_ratio"],
+                   ci, r["latency_source"], r["seconds"])
 
 
 @dataclass
@@ -120,6 +129,19 @@ class Agent(abc.ABC):
     def summary(self) -> dict[str, Any]:
         """Strategy-specific results for the report (curves, reward trace, Pareto front...)."""
         return {}
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """JSON-ready state taken between batches (nothing pending), or None if this agent cannot
+        resume (its job is then re-run from the start after a crash)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Evaluation]) -> None:
+        """Continue from `state_dict()`; `history` holds every evaluation observed before it."""
+        raise NotImplementedError(f"{self.name} cannot resume")
+
+    @staticmethod
+    def find(history: Sequence[Evaluation], candidate_id: int | None) -> Evaluation | None:
+        return next((e for e in history if e.candidate.id == candidate_id), None)
 
     def save(self, folder: Path) -> list[str]:
         """Write strategy artifacts (e.g. a trained policy) into `folder`; returns the file names."""

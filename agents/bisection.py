@@ -9,6 +9,7 @@ smallest knob that meets the budget is found by bisection on measured cost, not 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -80,6 +81,15 @@ class BisectionAgent(Agent):
 
     def best(self) -> Evaluation | None:
         return self._best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_id": self._next_id, "lo": self.lo, "hi": self.hi, "done_steps": self.done_steps,
+                "checked_hi": self._checked_hi, "best": self._best.candidate.id if self._best else None}
+
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Evaluation]) -> None:
+        self._next_id, self.lo, self.hi = state["next_id"], state["lo"], state["hi"]
+        self.done_steps, self._checked_hi = state["done_steps"], state["checked_hi"]
+        self._best = self.find(history, state["best"])
 
 
 class UniformAgent(BisectionAgent):

@@ -1,14 +1,20 @@
-"""The search loop: ask the agent, evaluate through whatever backend is given, tell the agent."""
+"""The search loop: ask the agent, evaluate through whatever backend is given, tell the agent.
+
+After every observed batch the agent's state and the history so far can be checkpointed; a
+search resumed from such a checkpoint continues where it stopped and evaluates no candidate twice.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agents.base import Agent, Candidate, Emit, Evaluation
 
 EvaluateFn = Callable[[Sequence[Candidate]], list[Evaluation]]
+Checkpoint = dict[str, Any]  # {"agent": state_dict, "history": [records]}
 
 
 @dataclass
@@ -18,14 +24,15 @@ class SearchOutcome:
     seconds: float
 
 
-def best_so_far(history: Sequence[Evaluation]) -> Evaluation | None:
-    feasible = [e for e in history if e.meets_budget and e.val_acc is not None]
-    return max(feasible, key=lambda e: e.val_acc or 0.0) if feasible else None
-
-
-def run_search(agent: Agent, evaluate: EvaluateFn, emit: Emit) -> SearchOutcome:
+def run_search(agent: Agent, evaluate: EvaluateFn, emit: Emit,
+               checkpoint: Callable[[Checkpoint], None] | None = None,
+               resume: Checkpoint | None = None) -> SearchOutcome:
     start = time.perf_counter()
     history: list[Evaluation] = []
+    if resume is not None:
+        history = [Evaluation.from_record(r) for r in resume["history"]]
+        agent.load_state_dict(resume["agent"], history)
+        emit({"type": "resumed", "evaluations": len(history)})
     planned = agent.planned_evaluations()
     while candidates := agent.suggest():
         results = evaluate(candidates)
@@ -36,4 +43,6 @@ def run_search(agent: Agent, evaluate: EvaluateFn, emit: Emit) -> SearchOutcome:
             emit({"type": "evaluation", "done": len(history), "planned": planned, **r.record(),
                   "best_val_acc": best.val_acc if best else None,
                   "elapsed_s": round(time.perf_counter() - start, 2)})
+        if checkpoint is not None and (state := agent.state_dict()) is not None:
+            checkpoint({"agent": state, "history": [e.record() for e in history]})
     return SearchOutcome(agent.best(), history, time.perf_counter() - start)

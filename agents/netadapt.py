@@ -107,5 +107,16 @@ class NetAdaptAgent(Agent):
     def best(self) -> Evaluation | None:
         return self._best
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_id": self._next_id, "current": self.current, "current_resource": self.current_resource,
+                "iteration": self.iteration, "iterations": self.iterations, "phase": self._phase,
+                "done": self._done, "best": self._best.candidate.id if self._best else None}
+
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Evaluation]) -> None:
+        self._next_id, self.current = state["next_id"], state["current"]
+        self.current_resource, self.iteration = state["current_resource"], state["iteration"]
+        self.iterations, self._phase, self._done = state["iterations"], state["phase"], state["done"]
+        self._best = self.find(history, state["best"])
+
     def summary(self) -> dict[str, Any]:
         return {"iterations": self.iterations, "final_ratios": self.current}

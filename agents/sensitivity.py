@@ -136,6 +136,16 @@ class SensitivityAgent(Agent):
     def best(self) -> Evaluation | None:
         return self._best
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_id": self._next_id, "base_acc": self.base_acc, "curves": self.curves,
+                "threshold": self.threshold, "confirmations": self.confirmations, "scanned": self._scanned,
+                "best": self._best.candidate.id if self._best else None}
+
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Evaluation]) -> None:
+        self._next_id, self.base_acc, self.curves = state["next_id"], state["base_acc"], state["curves"]
+        self.threshold, self.confirmations = state["threshold"], state["confirmations"]
+        self._scanned, self._best = state["scanned"], self.find(history, state["best"])
+
     def summary(self) -> dict[str, Any]:
         return {"base_val_acc": self.base_acc, "ratios": self.ratios, "curves": self.curves,
                 "threshold": self.threshold, "confirmations": self.confirmations}

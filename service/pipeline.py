@@ -21,7 +21,7 @@ from torch import nn
 
 from agents.base import Emit, SearchContext
 from agents.budget import Budget, BudgetUnreachableError
-from agents.driver import EvaluateFn, run_search
+from agents.driver import Checkpoint, EvaluateFn, run_search
 from agents.registry import make_agent
 from measurement.accuracy import accuracy, recalibrate_batchnorm
 from measurement.evaluator import AccuracyRecipe, LocalEvaluator
@@ -150,8 +150,10 @@ def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data:
                         spec.execution.accuracy_workers)
 
 
-def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
-            settings: Settings | None = None) -> JobResult:
+def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settings: Settings | None = None,
+            checkpoint: Callable[[Checkpoint], None] | None = None, resume: Checkpoint | None = None) -> JobResult:
+    """Run a job end to end. `checkpoint` receives the search state after every batch; `resume`
+    continues a search from such a state (ignored, with an event, if the base model differs)."""
     emit = emit or (lambda event: None)
     settings = settings or Settings()
     factories = settings.model_factories
@@ -184,10 +186,18 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None,
             lut = build_lut(space, meter, base_latency.median_ms, settings.lut_cache_dir, emit)
     ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit, lut=lut, workdir=out)
     agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
+    if resume is not None and resume.get("fingerprint") != space.fingerprint:
+        emit({"type": "resume_skipped", "reason": "the checkpoint was taken on another base model"})
+        resume = None
+
+    def save_state(state: Checkpoint) -> None:
+        if checkpoint is not None:
+            checkpoint({**state, "fingerprint": space.fingerprint})
+
     with phases("search"):
         evaluator = make_evaluator(spec, settings, space, data, budget, meter, lut)
         try:
-            outcome = run_search(agent, evaluator, emit)
+            outcome = run_search(agent, evaluator, emit, checkpoint=save_state, resume=resume)
         finally:
             if hasattr(evaluator, "shutdown"):
                 evaluator.shutdown()

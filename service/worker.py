@@ -93,7 +93,14 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
     out = job_dir(settings, job_id)
     try:
         spec = resolve_paths(parse_spec(job.spec), settings)
-        result = run_job(spec, out, emit=emit, settings=settings)
+        def checkpoint(state: dict[str, Any]) -> None:
+            store.save_checkpoint(job_id, state)
+            store.update_progress(job_id, {**progress, "checkpointed": len(state["history"])})
+
+        if job.checkpoint:
+            log.info("job.resume", job=job_id, evaluations=len(job.checkpoint.get("history", [])))
+        result = run_job(spec, out, emit=emit, settings=settings, checkpoint=checkpoint,
+                         resume=job.checkpoint or None)
         register_artifacts(store, job_id, out, settings.artifact_dir)
         summary = {k: result.report[k] for k in ("budget", "budget_met", "base", "pruned", "ratios", "search")}
         store.finish(job_id, "succeeded", result=summary, worker=worker)

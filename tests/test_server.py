@@ -191,11 +191,13 @@ def test_cancel_queued_and_running(server: Server) -> None:
     assert "evaluation" in kinds and "cancelled" in kinds  # partial history kept
 
 
-def test_kill_9_mid_job_then_restart_finishes_with_one_history(server: Server) -> None:
+def test_kill_9_mid_job_then_restart_resumes_from_checkpoint(server: Server) -> None:
     client = server.client()
-    job = client.submit(rest_job(strategy={"name": "optuna", "trials": 40, "parallel": 1}))
-    wait_for(client, job["id"], {"running"})
-    time.sleep(2)
+    job = client.submit(rest_job(strategy={"name": "netadapt", "initial_fraction": 0.05, "decay": 1.0,
+                                           "short_steps": 2, "max_iterations": 40}))
+    deadline = time.monotonic() + 120
+    while not (client.job(job["id"])["progress"] or {}).get("checkpointed") and time.monotonic() < deadline:
+        time.sleep(0.1)
     # The machine dies: the server and the worker running the job are killed with -9.
     worker = subprocess.run(["pgrep", "-f", f"service.worker {job['id']}"], capture_output=True, text=True)
     server.kill()
@@ -203,10 +205,15 @@ def test_kill_9_mid_job_then_restart_finishes_with_one_history(server: Server) -
         os.kill(int(pid), signal.SIGKILL)
     time.sleep(2.5)  # past the heartbeat staleness the test server is configured with
     server.start()
-    done = wait_for(server.client(), job["id"], {"succeeded", "failed"}, timeout=180)
+    done = wait_for(server.client(), job["id"], {"succeeded", "failed"}, timeout=300)
     assert done["status"] == "succeeded" and done["attempts"] == 2
-    kinds = [kind for _, kind, _ in server.client().events(job["id"])]
-    assert kinds.count("requeued") == 1 and kinds.count("done") == 1
+    events = list(server.client().events(job["id"]))
+    kinds = [kind for _, kind, _ in events]
+    assert kinds.count("requeued") == 1 and kinds.count("done") == 1 and kinds.count("resumed") == 1
+    resumed_at = next(data["evaluations"] for _, kind, data in events if kind == "resumed")
+    after = kinds.index("resumed")
+    evaluated_again = [data["id"] for _, kind, data in events[after:] if kind == "evaluation"]
+    assert resumed_at > 0 and min(evaluated_again) > resumed_at  # the search continued, nothing redone
 
 
 def test_progress_counters_reset_with_each_phase() -> None:
