@@ -154,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SpecError(f"--host {settings.host}: refusing to serve beyond loopback without tokens "
                         "(set PRUNESEARCH_TOKENS)")
     app = create_app(settings)
-    print(f"dashboard: http://{settings.host}:{settings.port}/  api: http://{settings.host}:{settings.port}/docs",
+    print(f"api: http://{settings.host}:{settings.port}/api/v1  docs: http://{settings.host}:{settings.port}/docs",
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
