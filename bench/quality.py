@@ -88,14 +88,15 @@ def render(rows: list[dict[str, Any]]) -> str:
             fmt = ".0f" if key in ("search_seconds", "evaluations") else ".3f"
             out[key] = f"{mean:{fmt}}" + (f" ± {spread:{fmt}}" if spread else "")
         out["seeds"] = len(group)
+        out["budget_met"] = f"{sum(bool(r['budget_met']) for r in group)}/{len(group)}"
         return out
 
     def table(selected: list[dict[str, Any]], by: str) -> str:
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in selected:
             groups.setdefault((r["budget"], r[by]), []).append(r)
-        cols = ["budget", by, "seeds", "val_acc", "test_acc", "test_acc_ft", "latency_ratio", "flops_ratio",
-                "params_ratio", "search_seconds", "evaluations"]
+        cols = ["budget", by, "seeds", "val_acc", "test_acc", "test_acc_ft", "latency_ratio", "budget_met",
+                "flops_ratio", "params_ratio", "search_seconds", "evaluations"]
         return markdown_table([summarise(g) for _, g in sorted(groups.items())], cols)
 
     main = [r for r in rows if r["criterion"] == "l1"]
