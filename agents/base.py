@@ -87,8 +87,7 @@ class SearchContext:
         """Lookup-table latency of a plan relative to the base (needs `lut`)."""
         if self.lut is None:
             raise ValueError("no latency lookup table in this search context")
-        full = self.lut.predict({d.name: d.channels for d in self.space.dimensions})
-        return self.lut.predict(self.space.kept_for(ratios)) / full
+        return self.lut.ratio(self.space.kept_for(ratios))
 
     def resource_ratio(self, ratios: Mapping[str, float]) -> float:
         """The budget's resource for a plan relative to the base: exact for FLOPs/params, LUT for latency."""

@@ -91,8 +91,7 @@ def assemble(cand: Candidate, acc: AccuracyResult, budget: Budget, measured: Rat
     elif budget.measured and cand.latency == "lut":
         if lut is None:
             raise ValueError("candidate asks for lookup-table latency but no table was built")
-        full = lut.predict({d.name: d.channels for d in space.dimensions})
-        ratio = lut.predict(space.kept_for(cand.ratios)) / full
+        ratio = lut.ratio(space.kept_for(cand.ratios))
         ci, source = (ratio, ratio), "lut"
     met = budget.met(acc.flops, acc.params, ci[1] if ci else None)
     return Evaluation(cand, acc.flops, acc.params, met, acc.val_acc, ratio, ci, source, seconds)

@@ -127,10 +127,17 @@ class LatencyTable:
     def predict(self, kept: Mapping[str, int]) -> float:
         return sum(self.breakdown(kept).values()) + self.overhead_ms
 
+    def _unpruned(self) -> dict[str, int]:
+        return {d.name: d.channels for d in self.space.dimensions}
+
+    def ratio(self, kept: Mapping[str, int]) -> float:
+        """Predicted latency of a plan relative to the unpruned model."""
+        return self.predict(kept) / self.predict(self._unpruned())
+
     def calibrate(self, base_ms: float) -> None:
         """Fit the constant term so the unpruned model predicts its measured latency."""
         self.overhead_ms = 0.0
-        self.overhead_ms = base_ms - self.predict({d.name: d.channels for d in self.space.dimensions})
+        self.overhead_ms = base_ms - self.predict(self._unpruned())
 
 
 def _interp1(xs: list[int], ys: list[float], x: float) -> float:

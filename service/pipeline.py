@@ -243,9 +243,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         "measurement": meter.settings.describe(),
         "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3),
                    "backend": spec.execution.backend, "agent_files": agent_files},
-        "lookup_table": ({"predicted_latency_ratio": ctx.predicted_latency_ratio(ratios),
-                          "error_vs_measured": ctx.predicted_latency_ratio(ratios) / final.ratio - 1}
-                         if lut is not None else None),
+        "lookup_table": ({"predicted_latency_ratio": (predicted := lut.ratio(space.kept_for(ratios))),
+                          "error_vs_measured": predicted / final.ratio - 1} if lut is not None else None),
         "phases_seconds": phases.seconds,
         "data": data.sizes(),
         "onnx": onnx_note or "exported",

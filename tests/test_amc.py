@@ -36,9 +36,13 @@ class FakeLUT:
 
     def __init__(self, space: PruningSpace) -> None:
         self.weights = {d.name: float(i + 1) for i, d in enumerate(space.dimensions)}
+        self.unpruned = {d.name: d.channels for d in space.dimensions}
 
     def predict(self, kept: Mapping[str, int]) -> float:
         return 5.0 + sum(self.weights[n] * k for n, k in kept.items())
+
+    def ratio(self, kept: Mapping[str, int]) -> float:
+        return self.predict(kept) / self.predict(self.unpruned)
 
 
 def fake_results(cands: list[Candidate], accs: list[float], flops: int = 1000) -> list[Evaluation]:

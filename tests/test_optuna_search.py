@@ -29,8 +29,14 @@ SLOWDOWN = 1.08  # measured latency is slower than the table predicts, as on rea
 class ChannelTable:
     """A stand-in lookup table: latency proportional to the kept channels."""
 
+    def __init__(self, space: PruningSpace) -> None:
+        self.unpruned = {d.name: d.channels for d in space.dimensions}
+
     def predict(self, kept: Mapping[str, int]) -> float:
         return float(sum(kept.values()))
+
+    def ratio(self, kept: Mapping[str, int]) -> float:
+        return self.predict(kept) / self.predict(self.unpruned)
 
 
 class FakeEvaluator:
@@ -64,7 +70,7 @@ def space() -> PruningSpace:
 def context(space: PruningSpace, metric: str, workdir: Path | None, events: list[dict[str, Any]]) -> SearchContext:
     if metric == "latency_ms":
         budget = Budget("latency_ms", 6.0, 10.0, tolerance=0.05)
-        return SearchContext(space, budget, 0, emit=events.append, lut=ChannelTable(), workdir=workdir)  # type: ignore[arg-type]
+        return SearchContext(space, budget, 0, emit=events.append, lut=ChannelTable(space), workdir=workdir)  # type: ignore[arg-type]
     return SearchContext(space, Budget("flops", 0.5 * space.flops, float(space.flops)), 0, emit=events.append,
                          workdir=workdir)
 
