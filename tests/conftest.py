@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from search_spaces.datasets import DataSplits
 from search_spaces.plan import ModelIdentity
 from search_spaces.space import PruningSpace
 from search_spaces.zoo import build_model
+from tests.live_server import Server, started, stop
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +72,11 @@ def job_dict(**overrides: Any) -> dict[str, Any]:
         else:
             job[key] = value
     return job
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A real uvicorn job server with tokens (see tests/live_server.py)."""
+    srv = started(tmp_path)
+    yield srv
+    stop(srv)

@@ -2,78 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import torch
 from safetensors.torch import save_file
 
 from search_spaces.artifacts import load_pruned
 from service.client import Client
 from tests.conftest import job_dict
-
-TOKEN, READ_TOKEN = "s3cret-token", "read-only-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    root: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PRUNESEARCH_TOKENS": json.dumps({"ci": TOKEN}),
-               "PRUNESEARCH_READ_TOKENS": json.dumps({"viewer": READ_TOKEN}), "PRUNESEARCH_STALE_AFTER_S": "2",
-               "PRUNESEARCH_LUT_CACHE_DIR": str(self.root / "lut")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--db",
-             f"sqlite:///{self.root / 'jobs.db'}", "--artifact-dir", str(self.root / "artifacts")],
-            env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/v1/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError((self.root / "server.log").read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def client(self, token: str | None = TOKEN) -> Client:
-        return Client(self.url, token)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(f"http://127.0.0.1:{port}", tmp_path, port)
-    srv.start()
-    yield srv
-    if srv.proc and srv.proc.poll() is None:
-        srv.proc.terminate()
-        srv.proc.wait(10)
+from tests.live_server import READ_TOKEN, TOKEN, Server
 
 
 def rest_job(**overrides: Any) -> dict[str, Any]:

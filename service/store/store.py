@@ -363,6 +363,21 @@ class JobStore:
         with self._tx() as s:
             return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued")) or 0
 
+    def finished_durations(self, since: datetime | None = None) -> list[float]:
+        """Run time in seconds (start to finish) of every finished job, optionally only those finished since."""
+        query = select(JobRow.started_at, JobRow.finished_at).where(
+            JobRow.finished_at.is_not(None), JobRow.started_at.is_not(None))
+        if since is not None:
+            query = query.where(JobRow.finished_at >= since)
+        with self._tx() as s:
+            return [(end - begin).total_seconds() for begin, end in s.execute(query) if begin and end]
+
+    def count_events(self, kind: str, since: datetime) -> int:
+        """Events of one type created since `since`, over all jobs (evaluations per second)."""
+        with self._tx() as s:
+            return s.scalar(select(func.count()).select_from(EventRow).where(
+                EventRow.type == kind, EventRow.created_at >= since)) or 0
+
     # -- internals --------------------------------------------------------------------------------
 
     @contextmanager

@@ -6,14 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 
 from agents.registry import AGENTS
 from search_spaces.criteria import DATA_DRIVEN, DATA_FREE
 from search_spaces.datasets import available_datasets
 from search_spaces.zoo import available_models
 from service.api.deps import Reader, SettingsDep, StoreDep
+from service.api.metrics import render
 from service.spec import JobSpec
 
 router = APIRouter(tags=["system"])
@@ -62,18 +61,9 @@ async def healthz(store: StoreDep) -> Response:
                     status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(store: StoreDep) -> Response:
-    counts = await run_in_threadpool(store.counts_by_status)
-    queue = await run_in_threadpool(store.queue_length)
-    registry = CollectorRegistry()
-
-    class Snapshot:
-        def collect(self) -> list[GaugeMetricFamily]:
-            jobs = GaugeMetricFamily("prunesearch_jobs", "jobs by status", labels=["status"])
-            for name in ("queued", "running", "succeeded", "failed", "cancelled"):
-                jobs.add_metric([name], counts.get(name, 0))
-            return [jobs, GaugeMetricFamily("prunesearch_queue_length", "jobs waiting to run", value=queue)]
-
-    registry.register(Snapshot())
-    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    """Jobs by status, queue length, evaluations/s over the last minute, job-duration histogram."""
+    body = await run_in_threadpool(render, store)
+    return Response(body, media_type="text/plain; version=0.0.4")
