@@ -6,6 +6,7 @@ timer that fits the device: `perf_counter_ns` on CPU, CUDA events plus synchroni
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from collections.abc import Callable
@@ -28,6 +29,12 @@ def set_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
+def on_device(model: nn.Module, device: str) -> nn.Module:
+    """A copy of `model` on `device`. `Module.to` moves in place, and the caller's model (a search
+    space's base, say) must stay where its pruning and accuracy scoring run."""
+    return copy.deepcopy(model).to(device)
+
+
 def prepare(model: nn.Module, example: torch.Tensor, runtime: str, device: str, threads: int) -> InferenceCall:
     model = model.eval()
     if device.startswith("cuda"):
@@ -35,7 +42,7 @@ def prepare(model: nn.Module, example: torch.Tensor, runtime: str, device: str, 
             raise RuntimeUnavailableError(f"device.name: {device} requested but CUDA is not available here")
         if runtime == "onnxruntime":
             raise RuntimeUnavailableError("device.runtime: onnxruntime is timed on CPU only")
-        model, example = model.to(device), example.to(device)
+        model, example = on_device(model, device), example.to(device)
     if runtime == "eager":
         def eager() -> object:
             with torch.inference_mode():
@@ -62,8 +69,7 @@ def _onnxruntime_call(model: nn.Module, example: torch.Tensor, threads: int) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), buf, dynamo=False  # type: ignore[arg-type]
-, opset_version=17,
+            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17,  # type: ignore[arg-type]
                               input_names=["input"], output_names=["logits"])
     except Exception as exc:  # any exporter failure means this runtime cannot time the model
         raise RuntimeUnavailableError(f"ONNX export failed: {exc}") from exc

@@ -11,7 +11,7 @@ import torch
 from measurement.accuracy import accuracy, recalibrate_batchnorm
 from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, median_ci, pinned
 from measurement.lut import LatencyTable
-from measurement.runtimes import RuntimeUnavailableError, prepare
+from measurement.runtimes import RuntimeUnavailableError, on_device, prepare
 from tests.conftest import make_space, synthetic_splits
 
 FAST = MeterSettings(batch_size=4, warmup=1, repeats=6, max_seconds=0.5)
@@ -66,6 +66,16 @@ def test_cuda_request_without_cuda_is_a_clear_error() -> None:
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeUnavailableError, match="CUDA is not available"):
         prepare(make_space("small_cnn", 8).base, torch.zeros(1, 1, 8, 8), "eager", "cuda:0", 1)
+
+
+def test_moving_to_the_timing_device_leaves_the_callers_model_in_place() -> None:
+    """The CUDA path times a copy: the space's base must stay on the CPU for pruning and scoring
+    ("meta" stands in for a GPU here; CI has none)."""
+    space = make_space("small_cnn", 8)
+    placed = on_device(space.base, "meta")
+    assert {p.device.type for p in placed.parameters()} == {"meta"}
+    assert {p.device.type for p in space.base.parameters()} == {"cpu"}
+    space.cost(space.uniform(0.5))  # still traceable on the CPU example
 
 
 def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
