@@ -182,6 +182,7 @@ class Episode:
 
 class AMCAgent(Agent):
     name = "amc"
+    resumes_by_replay = True
 
     def __init__(self, ctx: SearchContext, episodes: int = 120, warmup_episodes: int = 20,
                  reward: str = "accuracy_guaranteed", lower: float = 0.0, upper: float = 0.8,

@@ -7,8 +7,9 @@ from a checkpoint; the driver decides how and where each candidate is measured.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -97,8 +98,16 @@ class SearchContext:
         return (flops / self.space.flops) if self.budget.metric == "flops" else params / self.space.params
 
 
+class ResumeMismatchError(RuntimeError):
+    """A replayed agent asked for other candidates than the checkpoint recorded (another seed,
+    version or configuration): the search must start over instead."""
+
+
 class Agent(abc.ABC):
     name: ClassVar[str]
+    # Agents whose state is a seeded computation over their history (an Optuna sampler, a DDPG
+    # learner) resume by replaying it: cheaper to rebuild than to serialise, RNG states included.
+    resumes_by_replay: ClassVar[bool] = False
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
@@ -132,11 +141,36 @@ class Agent(abc.ABC):
     def state_dict(self) -> dict[str, Any] | None:
         """JSON-ready state taken between batches (nothing pending), or None if this agent cannot
         resume (its job is then re-run from the start after a crash)."""
-        return None
+        return {"replay": True} if self.resumes_by_replay else None
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Evaluation]) -> None:
         """Continue from `state_dict()`; `history` holds every evaluation observed before it."""
-        raise NotImplementedError(f"{self.name} cannot resume")
+        if not state.get("replay"):
+            raise NotImplementedError(f"{self.name} cannot resume")
+        self.replay(history)
+
+    def replay(self, history: Sequence[Evaluation]) -> None:
+        """Re-drive suggest/observe with the recorded results, evaluating nothing. Progress events
+        are muted: the job's event log already holds them."""
+        recorded = {e.candidate.id: e for e in history}
+        emit, self.ctx.emit = self.ctx.emit, lambda event: None
+        try:
+            done = 0
+            while done < len(history):
+                results = []
+                for cand in self.suggest():
+                    rec = recorded.get(cand.id)
+                    if rec is None or rec.candidate.ratios.keys() != cand.ratios.keys() or any(
+                            not math.isclose(rec.candidate.ratios[k], v, rel_tol=1e-9, abs_tol=1e-12)
+                            for k, v in cand.ratios.items()):
+                        raise ResumeMismatchError(f"{self.name}: candidate {cand.id} differs from the checkpoint's")
+                    results.append(replace(rec, candidate=cand))
+                if not results:
+                    raise ResumeMismatchError(f"{self.name} finished before replaying its {len(history)} evaluations")
+                self.observe(results)
+                done += len(results)
+        finally:
+            self.ctx.emit = emit
 
     @staticmethod
     def find(history: Sequence[Evaluation], candidate_id: int | None) -> Evaluation | None:

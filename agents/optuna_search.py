@@ -24,6 +24,9 @@ Design choices, and why:
 * Storage: SQLite in the job folder by default, so optuna-dashboard can open it. A study is never
   resumed: the name is "prunesearch", or "prunesearch-2", -3... when the storage already holds one,
   so a re-run never mixes in old trials (the sampler seed, not the name, fixes the candidates).
+* Resume after a crash replays the recorded history into a new study (`Agent.replay`): the seeded
+  sampler asks for the same trials, which are told their recorded results, so the sampler's state,
+  RNG included, is exactly what an uninterrupted search would have, and nothing is evaluated twice.
 """
 
 from __future__ import annotations
@@ -87,9 +90,10 @@ class OptunaAgent(Agent):
     """Ask-and-tell Optuna search over per-group pruning ratios (see the module docstring)."""
 
     name = "optuna"
+    resumes_by_replay = True
 
     def __init__(self, ctx: SearchContext, sampler: SamplerName = "tpe", trials: int = 60, parallel: int = 2,
-                 storage: str | None = None) -> None:
+                 storage: str | None = None, warm_start: Mapping[str, float] | None = None) -> None:
         super().__init__(ctx)
         if sampler not in ("tpe", "nsga2"):
             raise ValueError(f"strategy.sampler: expected 'tpe' or 'nsga2', got {sampler!r}")
@@ -114,6 +118,7 @@ class OptunaAgent(Agent):
         self.study.set_user_attr("budget", budget.describe())
         self.uniform_ratio = self._uniform_ratio()
         self.study.enqueue_trial(ctx.space.uniform(self.uniform_ratio), user_attrs={"plan": "uniform"})
+        self.warm_start = self._enqueue_warm_start(warm_start) if warm_start else None
         self._asked = 0
         self._pending: dict[int, Trial] = {}  # candidate id -> its asked, not yet told trial
         self._results: list[TrialResult] = []
@@ -127,6 +132,18 @@ class OptunaAgent(Agent):
             return optuna.samplers.TPESampler(seed=self.ctx.seed)
         population = max(2, min(50, self.trials // 4))
         return optuna.samplers.NSGAIISampler(seed=self.ctx.seed, population_size=population)
+
+    def _enqueue_warm_start(self, plan: Mapping[str, float]) -> dict[str, float] | None:
+        """Trial 1 is a given plan (a scheduled search's previous best), clipped to each group's range;
+        groups the space lacks are dropped and a plan sharing no group with the space is skipped."""
+        dims = {d.name: d for d in self.ctx.space.dimensions}
+        ratios = {name: min(max(float(r), 0.0), dims[name].max_ratio) for name, r in plan.items() if name in dims}
+        if not ratios:
+            self.ctx.emit({"type": "warm_start_skipped", "reason": "the plan names none of this model's groups"})
+            return None
+        self.study.enqueue_trial(ratios, user_attrs={"plan": "warm_start"})
+        self.ctx.emit({"type": "warm_start", "groups": len(ratios), "of": len(dims)})
+        return ratios
 
     # -- cheap predictions ------------------------------------------------------------------------
     def _predict(self, ratios: Mapping[str, float]) -> float | None:
@@ -246,6 +263,7 @@ class OptunaAgent(Agent):
             "sampler": self.sampler_name, "trials": len(self._results),
             "best_trial": self._best.number if self._best else None,
             "uniform_ratio": self.uniform_ratio,
+            "warm_start": self.warm_start,
             "prefiltered": sum(r.prefiltered for r in self._results),
             "storage": self.storage, "study": self.study.study_name,
         }

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agents.base import Candidate, Evaluation, SearchContext
+from agents.base import Candidate, Evaluation, ResumeMismatchError, SearchContext
 from agents.budget import Budget
 from agents.driver import run_search
 from agents.registry import AGENTS, make_agent
@@ -144,3 +144,25 @@ def test_resume_from_checkpoint_continues_the_same_search(name: str, tmp_path: P
     assert not set(second.seen) & {r["id"] for r in saved[-1]["history"]}  # nothing evaluated twice
     assert outcome.best is not None and whole.best is not None
     assert outcome.best.candidate.ratios == whole.best.candidate.ratios
+
+
+@pytest.mark.parametrize("name", sorted(n for n in AGENTS if n in ("amc", "optuna")))
+def test_replay_refuses_a_checkpoint_it_would_not_reproduce(name: str, tmp_path: Path) -> None:
+    """Replay-resumed agents check every replayed candidate: another seed must not silently continue."""
+    space = make_space("small_cnn", 8, round_to=2)
+    data = synthetic_splits(1, 8)
+    budget = Budget("flops", 0.5 * space.flops, float(space.flops))
+    saved: list[dict[str, Any]] = []
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        saved.append(json.loads(json.dumps(state)))
+        if len(saved) == 2:
+            raise Crash
+
+    evaluator = LocalEvaluator(space, data, budget, AccuracyRecipe(recalibration_batches=1), None)
+    agent = make_agent(name, SearchContext(space, budget, 0, workdir=tmp_path / "a"), FAST[name])
+    with pytest.raises(Crash):
+        run_search(agent, evaluator, lambda e: None, checkpoint=checkpoint)
+    other_seed = make_agent(name, SearchContext(space, budget, 1, workdir=tmp_path / "b"), FAST[name])
+    with pytest.raises(ResumeMismatchError):
+        run_search(other_seed, evaluator, lambda e: None, resume=saved[-1])
