@@ -1,4 +1,4 @@
-# prunesearch: `make demo` runs the demo job, `make test` runs lint, types and tests.
+# prunesearch: `make demo` serves the API and dashboard and runs the demo job through them, `make test` runs lint, types and tests.
 # Both create .venv and install everything on a fresh machine (docker/install-python.sh).
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml docker/install-python.sh
 	touch $@
 
 demo: install
-	$(BIN)/prunesearch run examples/digits_demo.yaml --out runs/demo
+	$(BIN)/python -m service.demo --job examples/digits_demo.yaml --dir runs/demo
 
 lint: install
 	$(BIN)/ruff check service agents search_spaces measurement tests bench

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,16 @@ def test_progress_counters_reset_with_each_phase() -> None:
     assert p == {"phase": "search", "best_val_acc": 0.5}
     p = progress_of({"type": "evaluation", "done": 2, "planned": 10, "elapsed_s": 4.0, "best_val_acc": 0.7}, p)
     assert (p["done"], p["planned"], p["eta_s"], p["best_val_acc"]) == (2, 10, 16.0, 0.7)
+
+
+def test_demo_serves_submits_and_fetches(tmp_path: Path) -> None:
+    """`make demo`'s path end to end, on a tiny job: server up, job over REST, artifacts fetched."""
+    job = tmp_path / "tiny.json"
+    job.write_text(json.dumps(rest_job()))
+    done = subprocess.run([sys.executable, "-m", "service.demo", "--job", str(job), "--dir", str(tmp_path / "demo"),
+                           "--port", "0", "--exit"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dashboard: http://127.0.0.1:" in done.stdout
+    report = json.loads((tmp_path / "demo/result/report.json").read_text())
+    assert report["budget_met"] is True
+    assert (tmp_path / "demo/result/plan.json").is_file()
