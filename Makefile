@@ -20,7 +20,8 @@ lint: install
 	$(BIN)/mypy
 
 pytest: install
-	PRUNESEARCH_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -W ignore::UserWarning
+	bash docker/install-browser.sh
+	PRUNESEARCH_REQUIRE_POSTGRES=1 PRUNESEARCH_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -W ignore::UserWarning
 
 test: lint pytest
 
