@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from search_spaces.datasets import DataSplits
 from search_spaces.plan import ModelIdentity
 from search_spaces.space import PruningSpace
 from search_spaces.zoo import build_model
+from service.store.engine import redact
 from tests.live_server import Server, started, stop
+
+PG_URL = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +86,20 @@ def server(tmp_path: Path) -> Iterator[Server]:
     srv = started(tmp_path)
     yield srv
     stop(srv)
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Engine]:
+    """The real PostgreSQL on 127.0.0.1:5432 (skipped without it, failed under PRUNESEARCH_REQUIRE_POSTGRES=1)."""
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        reason = f"PostgreSQL not reachable at {redact(PG_URL)}: {str(exc.orig).strip().splitlines()[0]}"
+        if os.environ.get("PRUNESEARCH_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield engine
+    engine.dispose()

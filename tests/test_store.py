@@ -7,7 +7,6 @@ PRUNESEARCH_REQUIRE_POSTGRES=1 (CI must not pass by silently testing SQLite only
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -19,16 +18,14 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from service.store import JobNotFoundError, JobStateError, JobStore, StoreUnavailableError
-from service.store.engine import redact
 from service.store.migrate import current_revision, head_revision
 from service.store.models import Base
+from tests.conftest import PG_URL
 
-PG_URL = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHA = "ab" * 32
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -48,22 +45,6 @@ class Clock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[Engine]:
-    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        engine.dispose()
-        reason = f"PostgreSQL not reachable at {redact(PG_URL)}: {str(exc.orig).strip().splitlines()[0]}"
-        if os.environ.get("PRUNESEARCH_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -414,7 +395,7 @@ def test_counts_queue_length_and_ping(store: JobStore) -> None:
 
 def test_migrations_build_exactly_the_models(store: JobStore) -> None:
     store.migrate()  # idempotent: every server runs it at start-up
-    assert current_revision(store._engine) == head_revision() == "0001"
+    assert current_revision(store._engine) == head_revision() == "0002"
     with store._engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diffs == []

@@ -10,15 +10,21 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
+    Unicode,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -113,3 +119,67 @@ class ArtifactRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- schedules (nightly searches) -------------------------------------------------------------------
+
+
+class ScheduleRow(Base):
+    __tablename__ = "schedules"
+    __table_args__ = (CheckConstraint("missed IN ('run_once', 'skip')", name="missed"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    paused: Mapped[bool] = mapped_column(Boolean)
+    weights: Mapped[dict[str, Any]] = mapped_column(JSON)
+    job: Mapped[dict[str, Any]] = mapped_column(JSON)
+    missed: Mapped[str] = mapped_column(String(16))
+    grace_s: Mapped[float] = mapped_column(Float)
+    skip_unchanged: Mapped[bool] = mapped_column(Boolean)
+    warm_start: Mapped[bool] = mapped_column(Boolean)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ScheduleRunRow(Base):
+    """One firing of a schedule. (schedule_id, fired_at) is unique: of several scheduler processes
+    firing the same time, only the first insert succeeds, so a nightly run starts exactly once."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "fired_at"),
+        Index(None, "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    schedule_id: Mapped[str] = mapped_column(String(32), ForeignKey("schedules.id", ondelete="CASCADE"))
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="SET NULL"))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    weights_ref: Mapped[str | None] = mapped_column(Text)
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    regression: Mapped[bool] = mapped_column(Boolean)
+    flags: Mapped[list[str]] = mapped_column(JSON)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# APScheduler's SQLAlchemyJobStore table, declared here (exactly as APScheduler 3 defines it) so the
+# migrations create it and the schema check covers it; the job store then finds it already there.
+apscheduler_jobs = Table(
+    "apscheduler_jobs",
+    Base.metadata,
+    Column("id", Unicode(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)
