@@ -16,6 +16,7 @@ demo: install
 	$(BIN)/python -m service.demo --job examples/digits_demo.yaml --dir runs/demo
 
 lint: install
+	PATH=$(BIN):$$PATH bash docker/validate.sh
 	$(BIN)/ruff check service agents search_spaces measurement tests bench
 	$(BIN)/mypy
 
