@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.api import examples
 from service.api.deps import BodyLimitRoute, Reader, SettingsDep, StoreDep, Writer
 from service.api.submission import check_submission, field_error
 from service.config import Settings
@@ -117,6 +118,8 @@ class SchedulePatch(Strict):
 
 
 class ScheduleOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SCHEDULE]})
+
     id: str
     name: str
     cron: str
@@ -149,10 +152,14 @@ class ScheduleOut(BaseModel):
 
 
 class ScheduleList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [examples.SCHEDULE]}]})
+
     items: list[ScheduleOut]
 
 
 class RunOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN]})
+
     id: str
     schedule_id: str
     job_id: str | None
@@ -180,6 +187,8 @@ class RunOut(BaseModel):
 
 
 class RunList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [examples.RUN]}]})
+
     items: list[RunOut]
 
 
