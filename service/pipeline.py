@@ -19,13 +19,13 @@ import structlog
 import torch
 from torch import nn
 
-from agents.base import Emit, SearchContext
+from agents.base import Emit, ResumeMismatchError, SearchContext
 from agents.budget import Budget, BudgetUnreachableError
 from agents.driver import Checkpoint, EvaluateFn, run_search
 from agents.registry import make_agent
 from measurement.accuracy import accuracy, recalibrate_batchnorm
 from measurement.evaluator import AccuracyRecipe, LocalEvaluator
-from measurement.latency import LatencyMeter, LatencyStats, MeterSettings
+from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, RatioStats
 from measurement.lut import LatencyTable
 from measurement.training import fit
 from search_spaces.artifacts import ONNX_FILE, export_onnx, save_pruned
@@ -138,6 +138,34 @@ def build_lut(space: PruningSpace, meter: LatencyMeter, base_ms: float, cache_di
     return table
 
 
+TimeFn = Callable[..., tuple[Any, str]]  # (fn(meter, *args), *args) -> (result, where it ran)
+
+
+def timing_place(spec: JobSpec, settings: Settings, meter: LatencyMeter) -> TimeFn:
+    """Where a job's absolute timings run. In-process, unless the job times on another node
+    (`device.node`) or on a GPU this worker lacks: then on the Ray latency node, like its candidates."""
+    remote = spec.device.node is not None or (spec.device.is_cuda and not torch.cuda.is_available())
+    if spec.execution.backend != "ray" or not remote:
+        return lambda fn, *args: (fn(meter, *args), "local")
+    from service.ray_backend import connect, time_on_device
+
+    connect(settings.ray_address)
+    return lambda fn, *args: time_on_device(fn, meter.settings, spec.device.node, *args)
+
+
+def measure_base(meter: LatencyMeter, model: nn.Module, example: torch.Tensor, repeats: int) -> LatencyStats:
+    return meter.measure(model, example, repeats=repeats)
+
+
+def lookup_table(meter: LatencyMeter, space: PruningSpace, base_ms: float, cache_dir: Path) -> LatencyTable:
+    return build_lut(space, meter, base_ms, cache_dir, lambda event: None)
+
+
+def compare_final(meter: LatencyMeter, pruned: nn.Module, base: nn.Module, example: torch.Tensor,
+                  max_seconds: float) -> RatioStats:
+    return meter.compare(pruned, base, example, max_seconds=max_seconds)
+
+
 def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data: DataSplits, budget: Budget,
                    meter: LatencyMeter, lut: LatencyTable | None) -> EvaluateFn:
     recipe = accuracy_recipe(spec)
@@ -147,7 +175,34 @@ def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data:
 
     connect(settings.ray_address)
     return RayEvaluator(space, data, budget, recipe, meter.settings if budget.measured else None, lut,
-                        spec.execution.accuracy_workers)
+                        spec.execution.accuracy_workers, node=spec.device.node)
+
+
+def baselines(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, skip: str = "", steps: int = 10
+              ) -> list[dict[str, Any]]:
+    """Uniform and global plans bisected to the budget on the cheap resource (exact cost, or the lookup
+    table for latency), then evaluated like any candidate, so a search's plans can be judged against them."""
+    from agents.base import Candidate
+    from agents.bisection import global_ranking
+
+    knobs: dict[str, Callable[[float], dict[str, float]]] = {"uniform": ctx.space.uniform}
+    if skip != "global":
+        knobs["global"] = global_ranking(ctx.space)
+    knobs.pop(skip, None)  # a baseline strategy's own plan is already its baseline
+    target = ctx.budget.target_ratio
+    points = []
+    for n, (name, knob) in enumerate(knobs.items(), 1):
+        lo, hi = 0.0, max(d.max_ratio for d in ctx.space.dimensions)
+        if ctx.resource_ratio(knob(hi)) > target:
+            continue
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if ctx.resource_ratio(knob(mid)) <= target else (mid, hi)
+        (result,) = evaluate([Candidate(-n, knob(hi), tag={"baseline": name, "knob": hi})])
+        point = {"name": name, "knob": hi, **result.record()}
+        emit({"type": "baseline", **point})
+        points.append(point)
+    return points
 
 
 def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settings: Settings | None = None,
@@ -174,16 +229,20 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         space = PruningSpace(model, identity, criterion=spec.criterion, round_to=spec.round_to,
                              max_ratio=spec.max_ratio, keep_layers=spec.keep_layers, calibration=calib, seed=spec.seed)
     meter = LatencyMeter(meter_settings(spec))
+    time_on = timing_place(spec, settings, meter)
     example = meter.example(identity.in_channels, identity.input_size)
     with phases("base_latency"):
-        base_latency = meter.measure(model, example, repeats=max(30, spec.measurement.repeats))
+        base_latency, timed_on = time_on(measure_base, model, example, max(30, spec.measurement.repeats))
     budget = resolve_budget(spec, space, base_latency)
     emit({"type": "budget", **budget.describe()})
     recipe = accuracy_recipe(spec)
     lut = None
     if budget.measured:
         with phases("lookup_table"):
-            lut = build_lut(space, meter, base_latency.median_ms, settings.lut_cache_dir, emit)
+            if timed_on == "local":  # with progress events
+                lut = build_lut(space, meter, base_latency.median_ms, settings.lut_cache_dir, emit)
+            else:
+                lut, _ = time_on(lookup_table, space, base_latency.median_ms, settings.lut_cache_dir)
     ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit, lut=lut, workdir=out)
     agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
     if resume is not None and resume.get("fingerprint") != space.fingerprint:
@@ -197,7 +256,14 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
     with phases("search"):
         evaluator = make_evaluator(spec, settings, space, data, budget, meter, lut)
         try:
-            outcome = run_search(agent, evaluator, emit, checkpoint=save_state, resume=resume)
+            try:
+                outcome = run_search(agent, evaluator, emit, checkpoint=save_state, resume=resume)
+            except ResumeMismatchError as exc:  # the replay diverged: start over rather than guess
+                emit({"type": "resume_skipped", "reason": str(exc)})
+                agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
+                outcome = run_search(agent, evaluator, emit, checkpoint=save_state)
+            with phases("baselines"):
+                baseline_points = baselines(ctx, evaluator, emit, skip=agent.name)
         finally:
             if hasattr(evaluator, "shutdown"):
                 evaluator.shutdown()
@@ -219,7 +285,7 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
                            "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
         pruned.eval()
     with phases("final_latency"):
-        final = meter.compare(pruned, model, example, max_seconds=max(2 * spec.measurement.max_seconds, 10.0))
+        final, _ = time_on(compare_final, pruned, model, example, max(2 * spec.measurement.max_seconds, 10.0))
     flops, params_count = count_cost(pruned, space.example)
     plan = space.plan(ratios, pruned)
     base_acc = {"val_acc": accuracy(model, data.val, recipe.batch_size),
@@ -240,11 +306,16 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         "ratios": {"flops": flops / space.flops, "params": params_count / space.params,
                    "latency": final.ratio, "latency_ci": [final.ci_low, final.ci_high],
                    "latency_converged": final.converged, "latency_pairs": final.pairs},
-        "measurement": meter.settings.describe(),
+        "measurement": {**meter.settings.describe(), "timed_on": timed_on},
         "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3),
                    "backend": spec.execution.backend, "agent_files": agent_files},
         "lookup_table": ({"predicted_latency_ratio": (predicted := lut.ratio(space.kept_for(ratios))),
-                          "error_vs_measured": predicted / final.ratio - 1} if lut is not None else None),
+                          "error_vs_measured": predicted / final.ratio - 1,
+                          "overhead_ms": lut.overhead_ms,
+                          "layers_ms": {"base": lut.breakdown(space.kept_for({})),
+                                        "pruned": lut.breakdown(space.kept_for(ratios))}}
+                         if lut is not None else None),
+        "baselines": baseline_points,
         "phases_seconds": phases.seconds,
         "data": data.sizes(),
         "onnx": onnx_note or "exported",

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation")
 Criterion = Literal["l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation"]
 Runtime = Literal["eager", "torchscript", "onnxruntime"]
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_SAMPLES = 100_000_000
 
 
 class Strict(BaseModel):
@@ -42,10 +44,10 @@ class DatasetSpec(Strict):
     name: str = Field(examples=["fashion-mnist", "digits", "cifar10", "synthetic", "imagefolder:/data/x"])
     root: str | None = None
     download: bool = False
-    val_size: int = Field(5000, ge=1)
-    train_size: int | None = Field(None, ge=1)
-    test_size: int | None = Field(None, ge=1)
-    seed: int = 0
+    val_size: int = Field(5000, ge=1, le=MAX_SAMPLES)
+    train_size: int | None = Field(None, ge=1, le=MAX_SAMPLES)
+    test_size: int | None = Field(None, ge=1, le=MAX_SAMPLES)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class DeviceSpec(Strict):
@@ -53,7 +55,11 @@ class DeviceSpec(Strict):
     threads: int = Field(1, ge=1, le=256)
     batch_size: int = Field(32, ge=1, le=4096)
     runtime: Runtime = "eager"
-    cores: list[int] | None = Field(None, description="CPU cores to pin while timing; default: the first `threads`")
+    cores: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(
+        None, max_length=4096, description="CPU cores to pin while timing; default: the first `threads`")
+    node: str | None = Field(None, min_length=1, max_length=200, examples=["192.168.1.20", "jetson"],
+                             description="Ray backend: time latency on this node (node id, IP, hostname or a custom "
+                                         "resource it declares); default: any node with the device")
 
     @property
     def is_cuda(self) -> bool:
@@ -74,7 +80,7 @@ class MeasurementSpec(Strict):
 
 class BudgetSpec(Strict):
     metric: Literal["latency_ms", "flops", "params"]
-    target: float = Field(gt=0)
+    target: float = Field(gt=0, le=1e18, description="a fraction in (0, 1] if relative, else ms, MACs or params")
     relative: bool = Field(True, description="target is a fraction of the base model's value")
     tolerance: float = Field(0.03, ge=0, le=0.5, description="relative slack on a measured latency budget")
 
@@ -87,7 +93,8 @@ class BudgetSpec(Strict):
 
 class EvaluationSpec(Strict):
     batch_size: int = Field(256, ge=1, le=8192)
-    val_limit: int | None = Field(None, ge=1, description="evaluate candidates on the first N validation samples")
+    val_limit: int | None = Field(None, ge=1, le=MAX_SAMPLES,
+                                  description="evaluate candidates on the first N validation samples")
     bn_recalibration: bool = True
     recalibration_batches: int = Field(10, ge=1, le=1000)
     calibration_batches: int = Field(4, ge=1, le=1000, description="batches for data-driven criteria")
@@ -116,8 +123,8 @@ class SensitivityStrategy(Strict):
     """Prune one group at a time at each ratio, then one accuracy-loss threshold sets every group's ratio."""
 
     name: Literal["sensitivity"]
-    ratios: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                                min_length=1, max_length=50)
+    ratios: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1, max_length=50)
     threshold_steps: int = Field(20, ge=2, le=100, description="bisection steps on the accuracy-loss threshold")
 
     @field_validator("ratios")
@@ -170,6 +177,9 @@ class OptunaStrategy(Strict):
     trials: int = Field(60, ge=2, le=100_000)
     parallel: int = Field(2, ge=1, le=256, description="trials asked at once and evaluated in parallel")
     storage: str | None = Field(None, description="Optuna storage URL; default: SQLite in the job folder")
+    warm_start: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = Field(
+        None, max_length=10_000, description="a plan (group -> ratio) tried early, e.g. the previous scheduled "
+                                             "run's best; groups the model lacks are ignored")
 
 
 StrategySpec = Annotated[
@@ -193,12 +203,13 @@ class JobSpec(Strict):
     criterion: Criterion = "l1"
     round_to: int = Field(1, ge=1, le=1024)
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
-    keep_layers: list[str] = Field(default_factory=list, description="module paths whose outputs are never pruned")
+    keep_layers: list[str] = Field(default_factory=list, max_length=10_000,
+                                   description="module paths whose outputs are never pruned")
     evaluation: EvaluationSpec = EvaluationSpec()
     measurement: MeasurementSpec = MeasurementSpec()
     finetune: FinetuneSpec = FinetuneSpec()
     execution: ExecutionSpec = ExecutionSpec()
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("keep_layers")
     @classmethod

@@ -8,8 +8,10 @@ the next event, and artifacts are registered with their size and hash.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mimetypes
+import shutil
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ from service.store import JobStore
 
 log = structlog.get_logger()
 HEARTBEAT_S = 5.0
+CANCEL_POLL_S = 1.0
 CONTENT_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream",
                  ".onnx": "application/octet-stream", ".zip": "application/zip", ".db": "application/vnd.sqlite3"}
 
@@ -78,6 +81,7 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
             store.heartbeat(job_id, worker)
 
     threading.Thread(target=beat, daemon=True).start()
+    threading.Thread(target=watch_cancel, args=(store, job_id, stop), daemon=True).start()
 
     def emit(event: Event) -> None:
         nonlocal progress
@@ -105,17 +109,64 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
         summary = {k: result.report[k] for k in ("budget", "budget_met", "base", "pruned", "ratios", "search")}
         store.finish(job_id, "succeeded", result=summary, worker=worker)
         return "succeeded"
-    except JobCancelled:
+    except cancellations():  # evaluated only when something is raised: imports nothing
         store.append_event(job_id, {"type": "cancelled"})
         store.finish(job_id, "cancelled", error="cancelled by request", worker=worker)
         return "cancelled"
     except Exception as exc:  # every failure ends the job with its reason, never silently
         log.exception("job.failed", job=job_id)
-        store.append_event(job_id, {"type": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}", worker=worker)
+        reason = storage_failure(exc)
+        if reason is not None and not store.artifacts(job_id):
+            shutil.rmtree(out, ignore_errors=True)  # unregistered partial files only take the space others need
+        error = reason or f"{type(exc).__name__}: {exc}"
+        store.append_event(job_id, {"type": "failed", "error": error})
+        store.finish(job_id, "failed", error=error, worker=worker)
         return "failed"
     finally:
         stop.set()
+
+
+DISK_ERRORS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+               errno.EROFS: "Read-only file system", errno.EFBIG: "File too large"}
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """A clear reason when the job died because its artifacts could not be written (disk full, quota, read-only).
+
+    Writers differ in what they raise: open()/json give OSError with an errno, the safetensors writer a
+    SafetensorError that only names the OS error in its text; the whole exception chain is searched.
+    """
+    seen: BaseException | None = exc
+    for _ in range(20):  # a chain is short; the bound guards against a cyclic one
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRORS:
+            where = f": {seen.filename}" if seen.filename else ""
+            return f"cannot write job artifacts ({DISK_ERRORS[seen.errno]}){where}"
+        text = str(seen)
+        for message in DISK_ERRORS.values():
+            if message in text:
+                return f"cannot write job artifacts ({message}): {type(seen).__name__}: {text}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def watch_cancel(store: JobStore, job_id: str, stop: threading.Event) -> None:
+    """Poll for a cancel request so work that emits no events for a while (a batch of evaluations on
+    Ray) stops within a second: the Ray backend cancels its tasks, kills its actors and raises."""
+    while not stop.wait(CANCEL_POLL_S):
+        job = store.get_job(job_id)
+        if job is not None and job.cancel_requested:
+            backend = sys.modules.get("service.ray_backend")  # loaded only by Ray jobs; never import Ray here
+            if backend is not None:
+                backend.request_cancel()
+            return
+
+
+def cancellations() -> tuple[type[BaseException], ...]:
+    """What ends a job as cancelled: our event hook's exception, and the Ray backend's if it is loaded."""
+    backend = sys.modules.get("service.ray_backend")
+    return (JobCancelled, backend.EvaluationCancelled) if backend is not None else (JobCancelled,)
 
 
 def register_artifacts(store: JobStore, job_id: str, folder: Path, root: Path) -> None:

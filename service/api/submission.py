@@ -7,9 +7,9 @@ reach). Both name the field.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-import torch
 from fastapi import HTTPException, status
 
 from search_spaces.datasets import available_datasets
@@ -20,6 +20,10 @@ from search_spaces.zoo import UnknownModelError, build_model
 from service.config import Settings
 from service.spec import JobSpec
 
+# Upload ids are server-made hex names (uuid4 from POST /weights, sha256 for scheduled checkpoints):
+# anything else could be a path.
+UPLOAD_REF = re.compile(r"upload:(?:[0-9a-f]{32}|[0-9a-f]{64})")
+
 
 def field_error(code: int, loc: list[str], msg: str) -> HTTPException:
     return HTTPException(code, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
@@ -29,17 +33,22 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
     """Raise the first problem found; runs in a worker thread (it builds the model once)."""
     m, d = spec.model, spec.dataset
     weights = m.weights
-    if isinstance(weights, str) and not weights.startswith("upload:"):
+    if isinstance(weights, str) and not UPLOAD_REF.fullmatch(weights):
         raise field_error(status.HTTP_400_BAD_REQUEST, ["model", "weights"],
                           "the server takes uploaded weights (upload:<id> from POST /weights) or {train_epochs: N}")
+    if d.download:
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["dataset", "download"],
+                          "the server downloads nothing; its operator provisions datasets (dataset_roots)")
+    if getattr(spec.strategy, "storage", None) is not None:
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["strategy", "storage"],
+                          "the server keeps each Optuna study in the job's folder; storage is for local runs")
     if d.name not in available_datasets() or d.name.startswith("imagefolder:"):
         known = [n for n in available_datasets() if not n.startswith("imagefolder")]
         raise field_error(422, ["dataset", "name"], f"unknown dataset {d.name!r}; available: {known}")
     if d.root is not None and d.root not in settings.dataset_roots.values():
         raise field_error(status.HTTP_400_BAD_REQUEST, ["dataset", "root"],
                           "dataset.root must be left empty (the server's configured root is used)")
-    if spec.device.is_cuda and not torch.cuda.is_available():
-        raise field_error(status.HTTP_400_BAD_REQUEST, ["device", "name"], f"no node has {spec.device.name}")
+    check_device(spec, settings)
     try:
         model = build_model(m, settings.model_factories)
     except UnknownModelError as exc:
@@ -59,6 +68,21 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
     except SpaceError as exc:
         raise field_error(status.HTTP_400_BAD_REQUEST, ["keep_layers"], str(exc)) from exc
     _check_budget(spec, space)
+
+
+def check_device(spec: JobSpec, settings: Settings) -> None:
+    """The device (and `device.node`) must exist in the inventory of where the job will run: the
+    cluster for Ray jobs when an address is configured, else this machine."""
+    from service.config import RayUnavailableError
+    from service.inventory import inventory, local_inventory, match_device
+
+    try:
+        nodes = inventory(settings) if spec.execution.backend == "ray" else local_inventory()
+    except RayUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"cannot check device: {exc}") from exc
+    found, fld, why = match_device(nodes, spec.device)
+    if not found and fld is not None:
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["device", fld], why)
 
 
 def _check_budget(spec: JobSpec, space: PruningSpace) -> None:

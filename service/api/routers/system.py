@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from agents.registry import AGENTS
@@ -13,6 +13,7 @@ from search_spaces.datasets import available_datasets
 from search_spaces.zoo import available_models
 from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
+from service.config import Settings
 from service.spec import JobSpec
 
 router = APIRouter(tags=["system"])
@@ -34,24 +35,45 @@ async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
         "criteria": list(DATA_FREE + DATA_DRIVEN),
         "runtimes": ["eager", "torchscript", "onnxruntime"],
         "budget_metrics": ["latency_ms", "flops", "params"],
-        "devices": _devices(),
+        "devices": await run_in_threadpool(_devices, settings),
     }
 
 
-def _devices() -> list[dict[str, Any]]:
-    import os
+def _devices(settings: Settings) -> list[dict[str, Any]]:
+    """One entry per (node, device) of the inventory; a job's `device.name`/`device.node` pick from these."""
+    from service.config import RayUnavailableError
+    from service.inventory import inventory
 
-    import torch
-
-    from measurement.latency import cpu_model
-
-    devices: list[dict[str, Any]] = [{"name": "cpu", "model": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-                                      "runtimes": ["eager", "torchscript", "onnxruntime"]}]
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        devices.append({"name": f"cuda:{i}", "model": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                        "runtimes": ["eager", "torchscript"]})
+    try:
+        nodes = inventory(settings)
+    except RayUnavailableError as exc:
+        return [{"name": "cpu", "error": str(exc)}]
+    devices: list[dict[str, Any]] = []
+    for node in nodes:
+        where = {"node": node["ip"], "node_id": node["node_id"], "hostname": node["hostname"],
+                 "resources": sorted(node["resources"])}
+        cpu_runtimes = [r for r in node["runtimes"] if r != "cuda"]
+        devices.append({"name": "cpu", "model": node["cpu_model"], "cores": node["cores"], "runtimes": cpu_runtimes,
+                        **where})
+        for gpu in node["gpus"]:
+            devices.append({"name": gpu["name"], "model": gpu["model"], "memory_gib": gpu["memory_gib"],
+                            "runtimes": ["eager", "torchscript"], **where})
     return devices
+
+
+@router.get("/devices")
+async def devices(settings: SettingsDep, _: Reader, fresh: bool = False) -> dict[str, Any]:
+    """The device inventory: every node's CPU model, usable cores, GPUs and runtimes, its Ray id, IP and
+    custom resources. `fresh=true` skips the short cache. 503 when the configured Ray cluster is unreachable."""
+    from service.config import RayUnavailableError
+    from service.inventory import inventory
+
+    try:
+        nodes = await run_in_threadpool(inventory, settings, fresh)
+    except RayUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+    return {"source": "ray" if settings.ray_address else "local", "ray_address": settings.ray_address,
+            "nodes": nodes}
 
 
 @router.get("/healthz")
