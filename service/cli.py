@@ -153,7 +153,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.tokens and settings.host not in LOOPBACK:
         raise SpecError(f"--host {settings.host}: refusing to serve beyond loopback without tokens "
                         "(set PRUNESEARCH_TOKENS)")
-    app = create_app(settings)
+    from service.store import StoreUnavailableError
+
+    try:
+        app = create_app(settings)  # connects to the database and migrates it: fail here, before binding
+    except StoreUnavailableError as exc:
+        print(f"prunesearch serve: error: {exc}", file=sys.stderr)
+        return 1
     print(f"api: http://{settings.host}:{settings.port}/api/v1  docs: http://{settings.host}:{settings.port}/docs",
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
@@ -286,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("id")
     fetch.add_argument("--out", required=True)
     fetch.set_defaults(func=cmd_fetch)
+    from service.schedules.cli import add_commands as add_schedule_commands
+
+    add_schedule_commands(sub)  # `schedule add|list|runs|pause|resume|run|rm` and `scheduler`
     return parser
 
 

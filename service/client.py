@@ -54,14 +54,52 @@ class Client:
         result: dict[str, Any] = self._call("GET", f"/jobs/{job_id}")
         return result
 
-    def jobs(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+    def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
         result: dict[str, Any] = self._call("GET", "/jobs", params=params)
         return result
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/jobs/{job_id}/cancel")
         return result
+
+    # -- schedules --------------------------------------------------------------------------------
+
+    def schedules(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/schedules")
+        return result
+
+    def schedule(self, schedule_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/schedules/{schedule_id}")
+        return result
+
+    def create_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/schedules", json=body)
+        return result
+
+    def update_schedule(self, schedule_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PATCH", f"/schedules/{schedule_id}", json=changes)
+        return result
+
+    def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/schedules/{schedule_id}/pause")
+        return result
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/schedules/{schedule_id}/resume")
+        return result
+
+    def run_schedule(self, schedule_id: str, force: bool = True) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/schedules/{schedule_id}/run",
+                                            params={"force": str(force).lower()})
+        return result
+
+    def schedule_runs(self, schedule_id: str, limit: int = 100) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/schedules/{schedule_id}/runs", params={"limit": limit})
+        return result
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._call("DELETE", f"/schedules/{schedule_id}")
 
     def events(self, job_id: str, after: int = 0) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
         """(id, type, data) for every event, reconnecting with Last-Event-ID if the stream drops."""

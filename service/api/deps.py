@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Message
 
 from service.config import Settings
 from service.store import JobStore
@@ -66,3 +70,72 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Writer = Annotated[str, Depends(require_writer)]
 Reader = Annotated[str | None, Depends(require_reader)]
+
+
+class BodyLimitRoute(APIRoute):
+    """Routes whose request bodies may not exceed `Settings.max_spec_bytes` (413 with the limit named).
+
+    FastAPI reads a JSON body whole before any dependency runs, so the limit is enforced here, while
+    the body streams in: an oversized spec is refused after `max_spec_bytes` bytes, never buffered whole.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            if request.method not in BODY_METHODS:
+                return await handler(request)
+            limit = get_settings(request).max_spec_bytes
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                return _too_large(limit)
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    return _too_large(limit)
+            replayed = False
+
+            async def receive() -> Message:  # the buffered body once, then the real channel (disconnects)
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await request.receive()
+
+            return await handler(Request(request.scope, receive))
+
+        return limited
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body exceeds {limit} bytes (the server's PRUNESEARCH_MAX_SPEC_BYTES)"},
+                        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+
+
+def active_jobs(store: JobStore, owner: str) -> int:
+    """Queued + running jobs submitted with the token named `owner` (paged: the store has no owner filter)."""
+    count = 0
+    for state in ("queued", "running"):
+        offset = 0
+        while True:
+            jobs, total = store.list_jobs(state, None, 500, offset)
+            count += sum(1 for job in jobs if job.owner == owner)
+            offset += len(jobs)
+            if not jobs or offset >= total:
+                break
+    return count
+
+
+def check_active_limit(store: JobStore, settings: Settings, owner: str) -> None:
+    """429 when `owner` already has `max_active_jobs_per_token` jobs queued or running."""
+    limit = settings.max_active_jobs_per_token
+    active = active_jobs(store, owner)
+    if active >= limit:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            detail=f"token {owner!r} already has {active} queued or running jobs; the limit is "
+                                   f"{limit} (PRUNESEARCH_MAX_ACTIVE_JOBS_PER_TOKEN): wait for one to finish or "
+                                   "cancel one")
