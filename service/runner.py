@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -68,9 +69,14 @@ class JobRunner:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        next_sweep = time.monotonic() + self.settings.stale_after_s
         while not self._stop.is_set():
             try:
                 self._reap()
+                if time.monotonic() >= next_sweep:  # jobs whose worker died where no runner saw it exit
+                    self.store.requeue_orphans(stale_after_s=self.settings.stale_after_s, max_attempts=MAX_ATTEMPTS,
+                                               exclude=list(self.procs))
+                    next_sweep = time.monotonic() + self.settings.stale_after_s
                 while len(self.procs) < self.settings.max_concurrent_jobs:
                     job = self.store.claim_next(self.name)
                     if job is None:
@@ -90,18 +96,19 @@ class JobRunner:
         log.info("runner.started", job=job_id, pid=self.procs[job_id].pid)
 
     def _reap(self) -> None:
+        """End or re-queue the jobs of exited workers. A worker is forgotten only once its job is
+        settled in the store: with the database briefly down, the next poll tries again."""
         for job_id, proc in list(self.procs.items()):
             code = proc.poll()
             if code is None:
                 continue
-            del self.procs[job_id]
             job = self.store.get_job(job_id)
-            if job is None or job.status != "running":
-                continue  # the worker ended its job itself
-            reason = f"worker exited with code {code} before ending the job"
-            if job.attempts >= MAX_ATTEMPTS:
-                self.store.append_event(job_id, {"type": "failed", "error": reason})
-                self.store.finish(job_id, "failed", error=f"{reason} ({job.attempts} attempts)")
-            else:
-                self.store.requeue_orphans(job_ids=[job_id], reason=reason)
-            log.warning("runner.worker_died", job=job_id, code=code)
+            if job is not None and job.status == "running":  # else the worker ended its job itself
+                reason = f"worker exited with code {code} before ending the job"
+                if job.attempts >= MAX_ATTEMPTS:
+                    self.store.append_event(job_id, {"type": "failed", "error": reason})
+                    self.store.finish(job_id, "failed", error=f"{reason} ({job.attempts} attempts)")
+                else:
+                    self.store.requeue_orphans(job_ids=[job_id], reason=reason)
+                log.warning("runner.worker_died", job=job_id, code=code)
+            del self.procs[job_id]

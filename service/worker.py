@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import mimetypes
+import os
 import shutil
 import sys
 import threading
@@ -24,10 +25,11 @@ from agents.base import Event
 from service.config import Settings
 from service.pipeline import run_job
 from service.spec import JobSpec, parse_spec
-from service.store import JobStore
+from service.store import JobStore, StoreUnavailableError
 
 log = structlog.get_logger()
 HEARTBEAT_S = 5.0
+LOST_EXIT = 75  # the job was taken from this worker
 CANCEL_POLL_S = 1.0
 CONTENT_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream",
                  ".onnx": "application/octet-stream", ".zip": "application/zip", ".db": "application/vnd.sqlite3"}
@@ -78,7 +80,14 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
-            store.heartbeat(job_id, worker)
+            try:
+                mine = store.heartbeat(job_id, worker)
+            except StoreUnavailableError as exc:  # a database blip: keep beating, the next one may land
+                log.warning("job.heartbeat_failed", job=job_id, error=str(exc))
+                continue
+            if mine is None:  # re-queued while we were cut off (or ended elsewhere): another worker owns it now
+                log.error("job.lost", job=job_id, worker=worker)
+                os._exit(LOST_EXIT)  # stop at once: two workers must never write one job
 
     threading.Thread(target=beat, daemon=True).start()
     threading.Thread(target=watch_cancel, args=(store, job_id, stop), daemon=True).start()
@@ -113,6 +122,8 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
         store.append_event(job_id, {"type": "cancelled"})
         store.finish(job_id, "cancelled", error="cancelled by request", worker=worker)
         return "cancelled"
+    except StoreUnavailableError:
+        raise  # the database blipped, the job did not fail: exit non-zero and the runner re-queues it (resumes)
     except Exception as exc:  # every failure ends the job with its reason, never silently
         log.exception("job.failed", job=job_id)
         reason = storage_failure(exc)

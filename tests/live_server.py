@@ -32,6 +32,7 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    db: str | None = None  # SQLAlchemy URL; default: a SQLite file in `root`
 
     def start(self) -> None:
         env = {**os.environ, "PRUNESEARCH_TOKENS": json.dumps({"ci": TOKEN}),
@@ -39,7 +40,7 @@ class Server:
                "PRUNESEARCH_LUT_CACHE_DIR": str(self.root / "lut"), **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--db",
-             f"sqlite:///{self.root / 'jobs.db'}", "--artifact-dir", str(self.root / "artifacts")],
+             self.db or f"sqlite:///{self.root / 'jobs.db'}", "--artifact-dir", str(self.root / "artifacts")],
             env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -59,9 +60,9 @@ class Server:
         return Client(self.url, token)
 
 
-def started(root: Path, **env: str) -> Server:
+def started(root: Path, db: str | None = None, **env: str) -> Server:
     port = free_port()
-    srv = Server(f"http://127.0.0.1:{port}", root, port, env=env)
+    srv = Server(f"http://127.0.0.1:{port}", root, port, env=env, db=db)
     srv.start()
     return srv
 

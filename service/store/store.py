@@ -254,13 +254,14 @@ class JobStore:
 
     def requeue_orphans(self, worker_prefix: str | None = None, stale_after_s: float | None = None, *,
                         job_ids: Collection[str] | None = None, max_attempts: int | None = None,
-                        reason: str | None = None) -> list[str]:
+                        reason: str | None = None, exclude: Collection[str] = ()) -> list[str]:
         """Put running jobs whose runner is gone back in the queue; returns their ids.
 
         With no filter: every running job (a single server at startup owns them all). `worker_prefix`:
         only jobs run by workers named so (this host's, at its startup). `stale_after_s`: only jobs
         without a heartbeat for that long (a periodic sweep across servers). `job_ids`: only these
-        (a runner whose worker process died). Several filters: all must hold.
+        (a runner whose worker process died). `exclude`: never these (a sweeping runner's own live
+        workers). Several filters: all must hold.
         A requeued job keeps its events, progress and checkpoint and gets a "requeued" event. An
         orphan whose cancel was requested is cancelled instead, and one that already used
         `max_attempts` starts is failed (a job that kills its server must not loop forever); both
@@ -271,6 +272,8 @@ class JobStore:
             conds.append(JobRow.worker.startswith(worker_prefix, autoescape=True))
         if job_ids is not None:
             conds.append(JobRow.id.in_(list(job_ids)))
+        if exclude:
+            conds.append(JobRow.id.not_in(list(exclude)))
         now = self._clock()
         if stale_after_s is not None:
             cutoff = now - timedelta(seconds=stale_after_s)
