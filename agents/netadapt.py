@@ -12,7 +12,7 @@ and every evaluation can run on any worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agents.base import Agent, Candidate, Evaluation, SearchContext
@@ -22,7 +22,8 @@ class NetAdaptAgent(Agent):
     name = "netadapt"
 
     def __init__(self, ctx: SearchContext, initial_fraction: float = 0.1, decay: float = 0.96,
-                 short_steps: int = 20, max_iterations: int = 40) -> None:
+                 short_steps: int = 20, max_iterations: int = 40,
+                 warm_start: Mapping[str, float] | None = None) -> None:
         super().__init__(ctx)
         self.initial_fraction, self.decay = initial_fraction, decay
         self.short_steps, self.max_iterations = short_steps, max_iterations
@@ -33,6 +34,21 @@ class NetAdaptAgent(Agent):
         self._phase = "propose"  # propose -> confirm -> propose ... -> done
         self._best: Evaluation | None = None
         self._done = False
+        if warm_start:
+            self._start_from(warm_start)
+
+    def _start_from(self, plan: Mapping[str, float]) -> None:
+        """Begin at `plan` (a previous run's) instead of the base: it is confirmed first, so a plan that still
+        meets the budget on new weights ends the search after one evaluation; otherwise iterations go on from it."""
+        start = {d.name: min(float(plan.get(d.name, 0.0)), d.max_ratio) for d in self.ctx.space.dimensions}
+        if not any(start.values()):
+            self.ctx.emit({"type": "warm_start_skipped", "reason": "the plan names none of this model's groups"})
+            return
+        self.current, self.current_resource = start, self.ctx.resource_ratio(start)
+        self.iterations.append({"iteration": 0, "group": "warm_start", "val_acc": None,
+                                "resource_ratio": self.current_resource, "target": None, "candidates": 0})
+        self._phase = "confirm"
+        self.ctx.emit({"type": "warm_start", "resource_ratio": self.current_resource})
 
     def planned_evaluations(self) -> int | None:
         return None

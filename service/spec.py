@@ -135,6 +135,9 @@ class SensitivityStrategy(Strict):
         return sorted(set(v))
 
 
+WarmStart = dict[str, Annotated[float, Field(ge=0, lt=1)]] | None
+
+
 class NetAdaptStrategy(Strict):
     """Iterations that each remove a shrinking slice of the resource; keep the best candidate per iteration."""
 
@@ -143,6 +146,9 @@ class NetAdaptStrategy(Strict):
     decay: float = Field(0.96, gt=0, le=1, description="each iteration's slice is the previous one times this")
     short_steps: int = Field(20, ge=0, le=100_000, description="fine-tune steps per candidate")
     max_iterations: int = Field(40, ge=1, le=1000)
+    warm_start: WarmStart = Field(None, max_length=10_000, description="start the iterations from this plan (group -> "
+                                  "ratio), e.g. the previous scheduled run's; it is checked first and returned if "
+                                  "it already meets the budget")
 
 
 class AMCStrategy(Strict):
@@ -177,9 +183,8 @@ class OptunaStrategy(Strict):
     trials: int = Field(60, ge=2, le=100_000)
     parallel: int = Field(2, ge=1, le=256, description="trials asked at once and evaluated in parallel")
     storage: str | None = Field(None, description="Optuna storage URL; default: SQLite in the job folder")
-    warm_start: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = Field(
-        None, max_length=10_000, description="a plan (group -> ratio) tried early, e.g. the previous scheduled "
-                                             "run's best; groups the model lacks are ignored")
+    warm_start: WarmStart = Field(None, max_length=10_000, description="a plan (group -> ratio) tried early, e.g. the "
+                                  "previous scheduled run's best; groups the model lacks are ignored")
 
 
 StrategySpec = Annotated[

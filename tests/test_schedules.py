@@ -200,6 +200,33 @@ def test_optuna_warm_start_is_the_second_trial(tmp_path: Path) -> None:
     assert skipped.warm_start is None and events[-1]["type"] == "warm_start_skipped"
 
 
+def test_netadapt_warm_start_confirms_the_previous_plan_first(tmp_path: Path) -> None:
+    """A previous plan that still meets the budget ends the search after one evaluation; one that does
+    not is where the iterations continue from (never back at the unpruned base)."""
+    from agents.base import SearchContext
+    from agents.budget import Budget
+    from agents.driver import run_search
+    from agents.netadapt import NetAdaptAgent
+    from measurement.evaluator import AccuracyRecipe, LocalEvaluator
+    from tests.conftest import make_space
+
+    space = make_space("small_cnn", 8, round_to=2)
+    data = synthetic_splits(1, 8)
+    budget = Budget("flops", 0.5 * space.flops, float(space.flops))
+    evaluate = LocalEvaluator(space, data, budget, AccuracyRecipe(recalibration_batches=1), None)
+    fits = space.uniform(0.45)
+    assert space.cost(fits)[0] <= budget.limit
+    agent = NetAdaptAgent(SearchContext(space, budget, 0), short_steps=1, warm_start=fits)
+    outcome = run_search(agent, evaluate, lambda e: None)
+    assert len(outcome.history) == 1 and outcome.best is not None
+    assert outcome.best.candidate.ratios == pytest.approx(fits)
+    halfway = space.uniform(0.2)
+    agent = NetAdaptAgent(SearchContext(space, budget, 0), short_steps=1, initial_fraction=0.2, warm_start=halfway)
+    outcome = run_search(agent, evaluate, lambda e: None)
+    assert outcome.best is not None and outcome.best.meets_budget
+    assert all(r >= halfway[k] - 1e-9 for e in outcome.history[1:] for k, r in e.candidate.ratios.items())
+
+
 # -- launching: exactly once, skip unchanged, warm start (real store, no server) -----------------------
 
 

@@ -27,7 +27,7 @@ log = structlog.get_logger()
 
 ON_TIME_S = 60.0  # the most a fire may be late and still count as on time (see on_time_s)
 MISSED_RECORDS = 50  # at most this many earlier missed fire times are recorded per catch-up
-WARM_START_STRATEGIES = frozenset({"optuna"})  # strategies whose spec takes a warm_start plan
+WARM_START_STRATEGIES = frozenset({"optuna", "netadapt"})  # strategies whose spec takes a warm_start plan
 RECENT_RUNS = 50  # how far back the unchanged-weights and warm-start lookups go
 
 
