@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
+import torch  # noqa: E402
 
 from agents.base import Candidate  # noqa: E402
 from agents.budget import Budget  # noqa: E402
@@ -207,9 +208,14 @@ def timed_scaling(space: PruningSpace, data: DataSplits, recipe: AccuracyRecipe,
     budget = Budget("flops", 0.5 * space.flops, float(space.flops))
     cands = candidates(space, n)
     t0 = time.perf_counter()
-    if workers is None:
+    if workers is None:  # one core, like one Ray accuracy worker (each pins itself and uses one torch thread)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         start = time.perf_counter()
-        results = LocalEvaluator(space, data, budget, recipe, None)(cands)
+        try:
+            results = LocalEvaluator(space, data, budget, recipe, None)(cands)
+        finally:
+            torch.set_num_threads(threads)
     else:
         ev = RayEvaluator(space, data, budget, recipe, None, accuracy_workers=workers)
         try:

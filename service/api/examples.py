@@ -78,3 +78,29 @@ RUN: dict[str, Any] = {
                    "pruned_test_acc": [0.9012, 0.8874], "latency_ratio": [0.49, 0.50]},
     "regression": True, "flags": ["pruned_accuracy_drop"], "webhook": {"status": 200},
 }
+
+NODE: dict[str, Any] = {"node_id": "7c0d9e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091", "ip": "10.0.0.12",
+                        "hostname": "jetson-1", "cpu_model": "ARMv8 Processor rev 1 (v8l)", "cores": 6, "cpus": 6.0,
+                        "gpus": [{"name": "cuda:0", "model": "Orin", "memory_gib": 30.6}],
+                        "runtimes": ["eager", "torchscript", "onnxruntime", "cuda"],
+                        "resources": {"prunesearch_latency": 1.0, "jetson": 1.0}}
+
+DEVICES: dict[str, Any] = {"source": "ray", "ray_address": "10.0.0.2:6380", "nodes": [NODE]}
+
+CATALOG: dict[str, Any] = {
+    "models": ["mobilenetv2", "resnet20", "resnet32", "resnet56", "small_cnn", "vgg11_bn", "vgg16_bn"],
+    "datasets": ["cifar10", "digits", "fashion-mnist", "synthetic"],
+    "strategies": {"uniform": {"steps": {"type": "integer", "default": 12, "minimum": 1, "maximum": 60}}},
+    "criteria": ["l1", "l2", "bn_scale", "fpgm", "lamp", "random", "taylor", "hessian", "activation"],
+    "runtimes": ["eager", "torchscript", "onnxruntime"], "budget_metrics": ["latency_ms", "flops", "params"],
+    "devices": [{"name": "cpu", "model": "AMD EPYC 7B13", "cores": 2, "runtimes": ["eager", "torchscript",
+                                                                                   "onnxruntime"],
+                 "node": "127.0.0.1", "node_id": "local", "hostname": "build-1", "resources": []}],
+}
+
+HEALTH: dict[str, Any] = {"database": True, "ray": "embedded"}
+
+METRICS = ('# HELP prunesearch_jobs jobs by status\n# TYPE prunesearch_jobs gauge\n'
+           'prunesearch_jobs{status="running"} 1.0\nprunesearch_queue_length 3.0\n'
+           'prunesearch_evaluations_per_second 0.35\n'
+           'prunesearch_job_duration_seconds_bucket{le="300.0"} 4.0\n')

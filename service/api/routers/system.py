@@ -6,11 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from agents.registry import AGENTS
 from search_spaces.criteria import DATA_DRIVEN, DATA_FREE
 from search_spaces.datasets import available_datasets
 from search_spaces.zoo import available_models
+from service.api import examples
 from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
 from service.config import Settings
@@ -19,7 +21,7 @@ from service.spec import JobSpec
 router = APIRouter(tags=["system"])
 
 
-@router.get("/catalog")
+@router.get("/catalog", responses=examples.json_example(examples.CATALOG, "what a job may ask for (abridged)"))
 async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
     """What a job may ask for; the dashboard builds its form from this."""
     schema = JobSpec.model_json_schema()
@@ -61,7 +63,7 @@ def _devices(settings: Settings) -> list[dict[str, Any]]:
     return devices
 
 
-@router.get("/devices")
+@router.get("/devices", responses=examples.json_example(examples.DEVICES, "the device inventory"))
 async def devices(settings: SettingsDep, _: Reader, fresh: bool = False) -> dict[str, Any]:
     """The device inventory: every node's CPU model, usable cores, GPUs and runtimes, its Ray id, IP and
     custom resources. `fresh=true` skips the short cache. 503 when the configured Ray cluster is unreachable."""
@@ -76,15 +78,32 @@ async def devices(settings: SettingsDep, _: Reader, fresh: bool = False) -> dict
             "nodes": nodes}
 
 
-@router.get("/healthz")
-async def healthz(store: StoreDep) -> Response:
-    ok = await run_in_threadpool(store.ping)
-    return Response(content='{"database": %s}' % ("true" if ok else "false"), media_type="application/json",
-                    status_code=200 if ok else 503)
+@router.get("/healthz", responses={**examples.json_example(examples.HEALTH, "database and Ray reachable"),
+                                    503: {"description": "the database or the configured Ray cluster is unreachable"}})
+async def healthz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    """The database answers, and so does the configured Ray cluster ("embedded": started per job here)."""
+    db = await run_in_threadpool(store.ping)
+    ray_ok: bool | str = "embedded"
+    if settings.ray_address:
+        ray_ok = await run_in_threadpool(_ray_reachable, settings.ray_address)
+    healthy = db and ray_ok is not False
+    return JSONResponse({"database": db, "ray": ray_ok}, status_code=200 if healthy else 503)
+
+
+def _ray_reachable(address: str) -> bool:
+    from service.config import RayUnavailableError
+    from service.ray_backend import probe
+
+    try:
+        probe(address, timeout=2.0)
+    except RayUnavailableError:
+        return False
+    return True
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+            responses={200: {"content": {"text/plain": {"example": examples.METRICS}},
+                             "description": "Prometheus text format"}})
 async def metrics(store: StoreDep) -> Response:
     """Jobs by status, queue length, evaluations/s over the last minute, job-duration histogram."""
     body = await run_in_threadpool(render, store)
