@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,43 @@ def test_meter_restores_threads_and_affinity() -> None:
     with pinned([min(before)]):
         assert os.sched_getaffinity(0) == {min(before)}
     assert os.sched_getaffinity(0) == before
+
+
+def test_single_thread_timing_keeps_the_other_threads_of_the_process_off_the_timed_core() -> None:
+    """A Ray driver or worker hosts dozens of threads: pinned onto the timed core they would share it."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs two cores")
+    core = max(allowed)
+    release = threading.Event()
+    ready = threading.Event()
+    tid: list[int] = []
+
+    def helper() -> None:
+        tid.append(threading.get_native_id())
+        ready.set()
+        release.wait(10)
+
+    t = threading.Thread(target=helper)
+    t.start()
+    ready.wait(10)
+    try:
+        with pinned([core], only_caller=True):
+            assert os.sched_getaffinity(0) == {core}  # pid 0: the calling thread
+            assert os.sched_getaffinity(tid[0]) == allowed - {core}
+        assert os.sched_getaffinity(tid[0]) == allowed and os.sched_getaffinity(0) == allowed
+    finally:
+        release.set()
+        t.join()
+
+
+def test_meters_fix_the_allocator_state_and_say_so() -> None:
+    """glibc's adaptive mmap/trim thresholds made latency depend on the process's history (see
+    bench/allocator_state.py); every meter fixes them and every report records it."""
+    meter = LatencyMeter(FAST)
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert meter.steady_allocator is on_glibc
+    assert meter.settings.describe()["steady_allocator"] is on_glibc
 
 
 def test_cuda_request_without_cuda_is_a_clear_error() -> None:
