@@ -93,7 +93,7 @@ def assemble(cand: Candidate, acc: AccuracyResult, budget: Budget, measured: Rat
             raise ValueError("candidate asks for lookup-table latency but no table was built")
         ratio = lut.ratio(space.kept_for(cand.ratios))
         ci, source = (ratio, ratio), "lut"
-    met = budget.met(acc.flops, acc.params, ci[1] if ci else None)
+    met = budget.met(acc.flops, acc.params, ci[1] if ci else None, ratio)
     return Evaluation(cand, acc.flops, acc.params, met, acc.val_acc, ratio, ci, source, seconds)
 
 

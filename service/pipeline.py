@@ -298,7 +298,7 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
     report: dict[str, Any] = {
         "job": spec.name, "strategy": agent.name, "criterion": spec.criterion,
         "budget": budget.describe(),
-        "budget_met": budget.met(flops, params_count, final.ci_high),
+        "budget_met": budget.met(flops, params_count, final.ci_high, final.ratio),
         "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(base_latency)},
         "pruned": {**pruned_acc, "flops": flops, "params": params_count,
                    "latency_ms": final.ratio * final.base.median_ms,

@@ -49,3 +49,11 @@ def test_unreachable_budget_ends_without_a_plan() -> None:
     evaluator = LocalEvaluator(space, synthetic_splits(1, 8), budget, AccuracyRecipe(), None)
     outcome = run_search(UniformAgent(SearchContext(space, budget, 0)), evaluator, lambda e: None)
     assert outcome.best is None and len(outcome.history) == 1
+
+
+def test_latency_tolerance_absorbs_noise_not_a_plan_over_the_target() -> None:
+    budget = Budget("latency_ms", 5.0, 10.0)  # target ratio 0.5, tolerance 3%
+    assert budget.met(0, 0, latency_ci_high=0.514, latency_ratio=0.499)  # noisy, but centred inside
+    assert not budget.met(0, 0, latency_ci_high=0.514, latency_ratio=0.507)  # over the target, CI inside
+    assert not budget.met(0, 0, latency_ci_high=0.52, latency_ratio=0.49)  # too noisy to tell
+    assert not budget.met(0, 0)  # unmeasured: never met
