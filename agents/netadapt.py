@@ -29,6 +29,7 @@ class NetAdaptAgent(Agent):
         self.short_steps, self.max_iterations = short_steps, max_iterations
         self.current: dict[str, float] = {d.name: 0.0 for d in ctx.space.dimensions}
         self.current_resource = 1.0
+        self.correction = 1.0  # measured / lookup-table latency ratio of the last confirmed plan
         self.iteration = 0
         self.iterations: list[dict[str, Any]] = []
         self._phase = "propose"  # propose -> confirm -> propose ... -> done
@@ -54,9 +55,13 @@ class NetAdaptAgent(Agent):
         return None
 
     def _target(self) -> float:
+        """The next iteration's resource target, in lookup-table terms for a latency budget. The table
+        can be off by 10% and more near a kernel switch, so the floor is the budget corrected by how far
+        the device disagreed with the table at the last confirmation: without it, a table that
+        under-predicts leaves the iterations stuck one channel at a time just above the budget."""
         step = self.initial_fraction * self.decay ** self.iteration
-        return max(self.ctx.budget.target_ratio * (0.98 if self.ctx.budget.measured else 1.0),
-                   self.current_resource - step)
+        floor = self.ctx.budget.target_ratio * (0.98 / self.correction if self.ctx.budget.measured else 1.0)
+        return max(floor, self.current_resource - step)
 
     def _shrink(self, group: str, target: float) -> dict[str, float] | None:
         """The least extra pruning of `group` (in channel steps) that brings the plan to `target`."""
@@ -96,6 +101,8 @@ class NetAdaptAgent(Agent):
             (r,) = results
             self.iterations[-1]["measured_meets_budget"] = r.meets_budget
             self.iterations[-1]["measured_latency_ratio"] = r.latency_ratio
+            if r.latency_ratio and self.current_resource > 0:
+                self.correction = r.latency_ratio / self.current_resource
             self.iteration += 1
             self._phase = "propose"
             if r.meets_budget:
@@ -125,12 +132,14 @@ class NetAdaptAgent(Agent):
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_id": self._next_id, "current": self.current, "current_resource": self.current_resource,
+                "correction": self.correction,
                 "iteration": self.iteration, "iterations": self.iterations, "phase": self._phase,
                 "done": self._done, "best": self._best.candidate.id if self._best else None}
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Evaluation]) -> None:
         self._next_id, self.current = state["next_id"], state["current"]
         self.current_resource, self.iteration = state["current_resource"], state["iteration"]
+        self.correction = state.get("correction", 1.0)
         self.iterations, self._phase, self._done = state["iterations"], state["phase"], state["done"]
         self._best = self.find(history, state["best"])
 
