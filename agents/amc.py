@@ -14,7 +14,7 @@ import contextlib
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ KIND = {"conv": 0.0, "dwconv": 0.5, "linear": 1.0}
 N_FEATURES = 11  # index, kind, in, out, stride, kernel, params, flops | removed, remaining, previous action
 WARMUP_BATCH = 4  # random episodes do not depend on results: several go to the driver at once
 POLICY_BATCH = 2  # episodes rolled out with the same policy between two training rounds
+CONFIRM_BATCH = 3  # latency budgets: the best episodes' plans timed on the device per round
+CONFIRM_MAX = 9  # ... at most this many before the search gives up
 WALL_STEPS = 10  # bisection steps of the action wall on the (cheap) estimate
 REPAIR_STEPS = 8  # bisection steps on the exact resource when the estimate was too optimistic
 
@@ -210,6 +212,10 @@ class AMCAgent(Agent):
         self._observed: list[Evaluation] = []
         self._rows: list[dict[str, Any]] = []
         self._best: Evaluation | None = None
+        # Episodes see latency through the lookup table only; for a latency budget the best plans are
+        # then timed on the device, best validation accuracy first, and the first that meets it wins.
+        self._to_confirm: list[Evaluation] | None = None
+        self._confirming: dict[int, Evaluation] = {}
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -226,7 +232,28 @@ class AMCAgent(Agent):
                 random.setstate(outer_py)
 
     def planned_evaluations(self) -> int:
-        return self.episodes
+        return self.episodes + (CONFIRM_BATCH if self.ctx.budget.measured else 0)
+
+    def _confirm(self) -> list[Candidate]:
+        if self._to_confirm is None:
+            ranked = sorted((r for r in self._observed if r.meets_budget and r.val_acc is not None),
+                            key=lambda r: -(r.val_acc or 0.0))
+            seen: set[tuple[tuple[str, float], ...]] = set()
+            self._to_confirm = []
+            for r in ranked:
+                key = tuple(sorted(r.candidate.ratios.items()))
+                if key not in seen:
+                    seen.add(key)
+                    self._to_confirm.append(r)
+            self._to_confirm = self._to_confirm[:CONFIRM_MAX]
+        batch, self._to_confirm = self._to_confirm[:CONFIRM_BATCH], self._to_confirm[CONFIRM_BATCH:]
+        out = []
+        for r in batch:
+            cand = self.candidate(r.candidate.ratios, accuracy=False, latency="measured", short_steps=0,
+                                  confirms_episode=r.candidate.tag.get("episode"))
+            self._confirming[cand.id] = r
+            out.append(cand)
+        return out
 
     def _rollout(self, index: int) -> tuple[dict[str, float], Episode]:
         warmup = index < self.warmup_episodes
@@ -254,6 +281,8 @@ class AMCAgent(Agent):
     def suggest(self) -> list[Candidate]:
         if self._pending:
             raise RuntimeError("amc: observe the previous candidates before asking for more")
+        if self._suggested >= self.episodes:
+            return self._confirm() if self.ctx.budget.measured and self._best is None else []
         size = WARMUP_BATCH if self._suggested < self.warmup_episodes else POLICY_BATCH
         end = min(self._suggested + size, self.episodes)
         if self._suggested < self.warmup_episodes:
@@ -269,6 +298,16 @@ class AMCAgent(Agent):
         return out
 
     def observe(self, results: Sequence[Evaluation]) -> None:
+        if results and results[0].candidate.id in self._confirming:
+            for r in sorted(results, key=lambda r: r.candidate.id):  # suggested best accuracy first
+                scored = self._confirming.pop(r.candidate.id)
+                if r.meets_budget and self._best is None:
+                    self._best = replace(r, val_acc=scored.val_acc)
+                self.ctx.emit({"type": "amc_confirm", "episode": scored.candidate.tag.get("episode"),
+                               "latency_ratio": r.latency_ratio, "meets_budget": r.meets_budget})
+            if self._best is None and not self._to_confirm:
+                self._to_confirm = []  # nothing left to try: the search ends without a plan
+            return
         buffer = self.model.replay_buffer
         assert buffer is not None
         for result in sorted(results, key=lambda r: r.candidate.id):
@@ -284,7 +323,7 @@ class AMCAgent(Agent):
             if len(self._observed) >= self.warmup_episodes:  # from the last warm-up episode on
                 with self._own_rng():
                     self.model.train(gradient_steps=len(episode.transitions), batch_size=self.batch_size)
-            if result.meets_budget and result.val_acc is not None and \
+            if result.meets_budget and result.val_acc is not None and not self.ctx.budget.measured and \
                     (self._best is None or result.val_acc > (self._best.val_acc or 0.0)):
                 self._best = result
             self._rows.append({"episode": episode.index, "reward": reward, "val_acc": result.val_acc,

@@ -128,9 +128,23 @@ def test_latency_budget_keeps_a_margin_and_asks_for_lut(space: PruningSpace) -> 
     base = lut.predict({d.name: d.channels for d in space.dimensions})
     ctx = SearchContext(space, Budget("latency_ms", 0.5 * base, base), seed=0, lut=lut)  # type: ignore[arg-type]
     agent = AMCAgent(ctx, episodes=3, warmup_episodes=2)
-    cands = run(agent)
-    assert all(c.latency == "lut" and c.accuracy and c.short_steps == 0 for c in cands)
-    assert all(ctx.resource_ratio(c.ratios) <= 0.5 * 0.98 + 1e-12 for c in cands)
+    episodes: list[Candidate] = []
+    while (batch := agent.suggest())[0].latency == "lut":
+        episodes += batch
+        assert agent.best() is None, "a table prediction alone never returns a plan for a latency budget"
+        agent.observe(fake_results(batch, [0.7 if c.tag["episode"] == 2 else 0.5 for c in batch]))
+    assert len(episodes) == 3
+    assert all(c.accuracy and c.short_steps == 0 for c in episodes)
+    assert all(ctx.resource_ratio(c.ratios) <= 0.5 * 0.98 + 1e-12 for c in episodes)
+    confirm = batch  # then the device has the last word, best validation accuracy first
+    assert all(c.latency == "measured" and not c.accuracy for c in confirm)
+    assert confirm[0].ratios == episodes[-1].ratios
+    measured = [Evaluation(c, flops=1000, params=1, meets_budget=i > 0, latency_ratio=0.5)
+                for i, c in enumerate(confirm)]
+    agent.observe(measured)
+    best = agent.best()
+    assert best is not None and best.candidate is confirm[1] and best.val_acc == 0.5  # the first one missed
+    assert agent.suggest() == []
 
 
 def test_reward_formula() -> None:
