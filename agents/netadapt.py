@@ -17,6 +17,8 @@ from typing import Any
 
 from agents.base import Agent, Candidate, Evaluation, SearchContext
 
+MAX_HALVINGS = 4  # an iteration's slice may shrink to 1/16 before the search gives up
+
 
 class NetAdaptAgent(Agent):
     name = "netadapt"
@@ -54,12 +56,12 @@ class NetAdaptAgent(Agent):
     def planned_evaluations(self) -> int | None:
         return None
 
-    def _target(self) -> float:
+    def _target(self, scale: float = 1.0) -> float:
         """The next iteration's resource target, in lookup-table terms for a latency budget. The table
         can be off by 10% and more near a kernel switch, so the floor is the budget corrected by how far
         the device disagreed with the table at the last confirmation: without it, a table that
         under-predicts leaves the iterations stuck one channel at a time just above the budget."""
-        step = self.initial_fraction * self.decay ** self.iteration
+        step = self.initial_fraction * self.decay ** self.iteration * scale
         floor = self.ctx.budget.target_ratio * (0.98 / self.correction if self.ctx.budget.measured else 1.0)
         return max(floor, self.current_resource - step)
 
@@ -84,17 +86,19 @@ class NetAdaptAgent(Agent):
         if self._phase == "confirm":
             return [self.candidate(self.current, short_steps=self.short_steps, iteration=self.iteration,
                                    confirm=True)]
-        target = self._target()
-        batch = []
-        for dim in self.ctx.space.dimensions:
-            ratios = self._shrink(dim.name, target)
-            if ratios is not None:
-                batch.append(self.candidate(ratios, latency="lut" if self.ctx.budget.measured else "none",
-                                            short_steps=self.short_steps, iteration=self.iteration,
-                                            group=dim.name, target=target))
-        if not batch:
-            self._done = True  # no group can be pruned further: the budget is out of reach
-        return batch
+        for halvings in range(MAX_HALVINGS + 1):  # no single group can remove the whole slice: take less
+            target = self._target(0.5 ** halvings)
+            batch = []
+            for dim in self.ctx.space.dimensions:
+                ratios = self._shrink(dim.name, target)
+                if ratios is not None:
+                    batch.append(self.candidate(ratios, latency="lut" if self.ctx.budget.measured else "none",
+                                                short_steps=self.short_steps, iteration=self.iteration,
+                                                group=dim.name, target=target))
+            if batch:
+                return batch
+        self._done = True  # no group can be pruned further: the budget is out of reach
+        return []
 
     def observe(self, results: Sequence[Evaluation]) -> None:
         if self._phase == "confirm":
