@@ -51,12 +51,7 @@ from search_spaces.plan import ModelIdentity  # noqa: E402
 from search_spaces.space import PruningSpace  # noqa: E402
 from search_spaces.zoo import build_model  # noqa: E402
 from service.ray_backend import LATENCY_RESOURCE, RayEvaluator, Span, connect  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.live_server import free_port  # noqa: E402
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -21,8 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from measurement.training import fit
 from search_spaces.plan import ModelIdentity
@@ -35,7 +32,7 @@ from service.schedules.launch import launch
 from service.schedules.runtime import Runtime
 from service.schedules.scheduler import SchedulerHost
 from service.store import JobStore
-from tests.conftest import PG_URL, job_dict, synthetic_splits
+from tests.conftest import job_dict, synthetic_splits
 from tests.live_server import READ_TOKEN, TOKEN, Server, started, stop
 
 IDENTITY = ModelIdentity(arch="small_cnn", num_classes=10, in_channels=1, input_size=8)
@@ -228,24 +225,6 @@ def test_netadapt_warm_start_confirms_the_previous_plan_first(tmp_path: Path) ->
 
 
 # -- launching: exactly once, skip unchanged, warm start (real store, no server) -----------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLite, and the local PostgreSQL in a schema of its own (skipped when unreachable, as in test_store)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    admin: Engine = request.getfixturevalue("pg_admin")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture

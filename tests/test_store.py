@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,13 +17,11 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
 
 from service.store import JobNotFoundError, JobStateError, JobStore, StoreUnavailableError
 from service.store.migrate import current_revision, head_revision
 from service.store.models import Base
-from tests.conftest import PG_URL
 
 SHA = "ab" * 32
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -45,23 +42,6 @@ class Clock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    admin: Engine = request.getfixturevalue("pg_admin")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
