@@ -146,7 +146,7 @@ def test_concurrent_claims_take_each_job_exactly_once(store: JobStore) -> None:
     ids = {store.create_job(spec(), None).id for _ in range(20)}
 
     # Widen the window between choosing a job and marking it, so a non-atomic claim would be caught.
-    @event.listens_for(store._engine, "after_cursor_execute")
+    @event.listens_for(store.engine, "after_cursor_execute")
     def _slow_select(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT JOBS.ID"):
             time.sleep(0.005)
@@ -375,8 +375,8 @@ def test_counts_queue_length_and_ping(store: JobStore) -> None:
 
 def test_migrations_build_exactly_the_models(store: JobStore) -> None:
     store.migrate()  # idempotent: every server runs it at start-up
-    assert current_revision(store._engine) == head_revision() == "0002"
-    with store._engine.connect() as conn:
+    assert current_revision(store.engine) == head_revision() == "0002"
+    with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diffs == []
 
@@ -384,7 +384,7 @@ def test_migrations_build_exactly_the_models(store: JobStore) -> None:
 def test_sqlite_connection_settings(tmp_path: Path) -> None:
     s = JobStore(f"sqlite:///{tmp_path / 'sub' / 'jobs.db'}", busy_timeout_ms=1234)
     try:
-        with s._engine.connect() as conn:
+        with s.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1234

@@ -8,21 +8,19 @@ whichever process (API worker, second server, standalone scheduler) tries it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
 
-from service.store import JobStore, StoreUnavailableError
-from service.store.engine import WRITE_OPTION
+from service.store import JobStore
+from service.store.engine import Transactions
 from service.store.jsonsafe import json_object
 from service.store.models import ScheduleRow, ScheduleRunRow
-from service.store.store import UNAVAILABLE, utcnow
+from service.store.store import utcnow
 
 OPEN = ("starting", "queued", "running")  # a run whose job may still change
 RUN_STATUSES = ("starting", "queued", "running", "succeeded", "failed", "cancelled", "skipped")
@@ -86,13 +84,12 @@ class ScheduleStore:
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self._clock = clock
-        self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._tx = Transactions(engine, "schedule database")
 
     @classmethod
     def of(cls, jobs: JobStore) -> ScheduleStore:
         """The schedule store sharing a job store's engine (and its pool)."""
-        return cls(jobs._engine)
+        return cls(jobs.engine)
 
     # -- schedules --------------------------------------------------------------------------------
 
@@ -233,11 +230,3 @@ class ScheduleStore:
             if name in fields:
                 fields[name] = json_object(fields[name], name)
         return fields
-
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[Session]:
-        try:
-            with (self._write if write else self._read).begin() as session:
-                yield session
-        except UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"schedule database: {exc}") from exc

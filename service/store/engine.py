@@ -9,12 +9,16 @@ PostgreSQL: pre-ping so connections dropped by a server restart are replaced, no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.store.errors import StoreUnavailableError
 
@@ -84,3 +88,32 @@ def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+# Connection-level failures: the database is down, unreachable, locked past the busy timeout.
+UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of the driver's message: enough to act on, no SQL or traceback links."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+class Transactions:
+    """Short transactions on one engine, shared by every store on the database: `with tx(write=True)`
+    commits on success; writes take SQLite's write lock up front (WRITE_OPTION); connection failures
+    become StoreUnavailableError prefixed with `label`."""
+
+    def __init__(self, engine: Engine, label: str) -> None:
+        self.engine, self.label = engine, label
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+
+    @contextmanager
+    def __call__(self, write: bool = False) -> Iterator[Session]:
+        try:
+            with (self._write if write else self._read).begin() as session:
+                yield session
+        except UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"{self.label}: {reason(exc)}") from exc

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
+from sqlalchemy import Engine, func, or_, select, text, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, or_, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from service.store import migrate as migrations
-from service.store.engine import WRITE_OPTION, make_engine, redact
+from service.store.engine import UNAVAILABLE, Transactions, make_engine, reason, redact
 from service.store.errors import JobNotFoundError, JobStateError, StoreUnavailableError
 from service.store.jsonsafe import json_object
 from service.store.models import ArtifactRow, EventRow, JobRow
@@ -38,8 +37,6 @@ log = structlog.get_logger()
 # artifacts that reference the job); SQLite ignores it and relies on BEGIN IMMEDIATE.
 LOCK: dict[str, Any] = {"key_share": True}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# Connection-level failures: the database is down, unreachable, locked past the busy timeout.
-UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 def utcnow() -> datetime:
@@ -49,11 +46,6 @@ def utcnow() -> datetime:
 def _check_len(value: str | None, limit: int, what: str) -> None:
     if value is not None and len(value) > limit:
         raise ValueError(f"{what}: at most {limit} characters")
-
-
-def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _job(row: JobRow) -> Job:
@@ -86,14 +78,18 @@ class JobStore:
         self.url = redact(url)
         self._clock = clock
         self._engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, echo=echo)
-        self._read = sessionmaker(self._engine, expire_on_commit=False)
-        self._write = sessionmaker(self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._tx = Transactions(self._engine, f"job database {self.url}")
         try:
             with self._engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except (*UNAVAILABLE, sa_exc.DBAPIError) as exc:
             self._engine.dispose()
-            raise StoreUnavailableError(f"cannot reach the job database {self.url}: {_reason(exc)}") from exc
+            raise StoreUnavailableError(f"cannot reach the job database {self.url}: {reason(exc)}") from exc
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, for other stores on the same database (schedules) to share its pool."""
+        return self._engine
 
     @property
     def backend(self) -> str:
@@ -109,7 +105,7 @@ class JobStore:
         try:
             migrations.upgrade(self._engine)
         except UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"cannot migrate the job database {self.url}: {_reason(exc)}") from exc
+            raise StoreUnavailableError(f"cannot migrate the job database {self.url}: {reason(exc)}") from exc
 
     def ping(self) -> bool:
         try:
@@ -382,15 +378,6 @@ class JobStore:
                 EventRow.type == kind, EventRow.created_at >= since)) or 0
 
     # -- internals --------------------------------------------------------------------------------
-
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[Session]:
-        """One transaction, committed on success; connection failures become StoreUnavailableError."""
-        try:
-            with (self._write if write else self._read).begin() as session:
-                yield session
-        except UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"job database {self.url}: {_reason(exc)}") from exc
 
     @staticmethod
     def _locked(s: Session, job_id: str) -> JobRow:
