@@ -17,6 +17,7 @@ from search_spaces.zoo.mobilenetv2 import MobileNetV2
 from search_spaces.zoo.resnet_cifar import CifarResNet
 from search_spaces.zoo.small_cnn import SmallCNN
 from search_spaces.zoo.vgg import VGG
+from search_spaces.zoo.vit import VisionTransformer
 
 
 class UnknownModelError(ValueError):
@@ -40,6 +41,7 @@ BUILTIN: dict[str, Builder] = {
     "vgg16_bn": lambda k, c, s: VGG("vgg16", k, c, s),
     "mobilenetv2": lambda k, c, s: MobileNetV2(k, c),
     "small_cnn": lambda k, c, s: SmallCNN(k, c),
+    "vit_tiny": lambda k, c, s: VisionTransformer(k, c, s),
 }
 
 
