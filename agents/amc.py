@@ -27,6 +27,10 @@ from stable_baselines3.common.logger import configure
 from agents.base import Agent, Candidate, Evaluation, LatencyMode, SearchContext
 
 KIND = {"conv": 0.0, "dwconv": 0.5, "linear": 1.0}
+# Steps that are not a layer's width get their own code, so the actor can tell a keep/drop step (a
+# block, dropped by an action from half the range up) from a width step. Fine-grained kinds stand
+# alone in a space and keep the layer's code.
+GRANULARITY_CODE = {"head": 0.25, "block": 0.75}
 N_FEATURES = 11  # index, kind, in, out, stride, kernel, params, flops | removed, remaining, previous action
 WARMUP_BATCH = 4  # random episodes do not depend on results: several go to the driver at once
 POLICY_BATCH = 2  # episodes rolled out with the same policy between two training rounds
@@ -47,25 +51,24 @@ class ResourceEstimate:
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
         space = ctx.space
-        self.channels = {d.name: d.channels for d in space.dimensions}
-        out_group = {m: d.name for d in space.dimensions for m in d.members}
-        in_group = {c: d.name for d in space.dimensions for c in d.consumers}
         params = ctx.budget.metric == "params"
         total = space.params if params else space.flops
-        self.terms = [(layer.params if params else layer.flops, out_group.get(layer.name),
-                       None if layer.kind == "dwconv" else in_group.get(layer.name)) for layer in space.layers]
-        self.residual = max(0.0, total - sum(cost for cost, _, _ in self.terms))
+        self.terms = [(layer, layer.params if params else layer.flops) for layer in space.layers]
+        self.residual = max(0.0, total - sum(cost for _, cost in self.terms))
         self.total = float(total)
 
     def __call__(self, ratios: Mapping[str, float]) -> float:
         if self.ctx.budget.measured:
             return self.ctx.resource_ratio(ratios)
-        kept = self.ctx.space.kept_for(ratios)
+        shapes = self.ctx.space.layer_shapes(self.ctx.space.kept_for(ratios))
         cost = self.residual
-        for layer_cost, og, ig in self.terms:
-            f_out = kept[og] / self.channels[og] if og else 1.0
-            f_in = kept[ig] / self.channels[ig] if ig else 1.0
-            cost += layer_cost * f_out * f_in
+        for layer, layer_cost in self.terms:
+            shape = shapes[layer.name]
+            if shape is None:  # dropped with its block
+                continue
+            cin, cout, density = shape
+            f_in = 1.0 if layer.kind == "dwconv" else cin / layer.in_channels
+            cost += layer_cost * cout / layer.out_channels * f_in * density
         return cost / self.total
 
 
@@ -91,7 +94,8 @@ class PruningEnv(gym.Env[np.ndarray, np.ndarray]):
             self.ceilings = {d.name: d.max_ratio for d in self.dims}
         self.observation_space = gym.spaces.Box(0.0, 1.0, (N_FEATURES,), np.float32)
         self.action_space = gym.spaces.Box(lower, upper, (1,), np.float32)
-        rows = np.array([[d.layer.index, KIND[d.layer.kind], d.layer.in_channels, d.layer.out_channels,
+        rows = np.array([[d.layer.index, GRANULARITY_CODE.get(d.granularity, KIND[d.layer.kind]),
+                          d.layer.in_channels, d.layer.out_channels,
                           d.layer.stride, d.layer.kernel, d.layer.params, d.layer.flops] for d in self.dims], float)
         self.static = rows / np.maximum(rows.max(axis=0), 1e-12)
         self.static[:, 1] = rows[:, 1]  # the kind code is already in [0, 1]

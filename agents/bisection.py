@@ -23,6 +23,9 @@ def global_ranking(space: PruningSpace) -> Knob:
     """Ratios per group from removing the globally least important `fraction` of all channels."""
     scores = space.importance_scores()
     dims = [d for d in space.dimensions if d.name in scores]
+    if not dims:
+        raise ValueError("strategy.name: global ranks channels, heads or weights; this space's dimensions are all "
+                         "on/off (blocks, N:M layers): use another strategy")
     flat = torch.cat([scores[d.name] for d in dims])
 
     def knob(fraction: float) -> dict[str, float]:
@@ -96,6 +99,9 @@ class UniformAgent(BisectionAgent):
     name = "uniform"
 
     def __init__(self, ctx: SearchContext, steps: int = 12) -> None:
+        if all(d.granularity == "block" for d in ctx.space.dimensions):
+            raise ValueError("strategy.name: uniform prunes width or sparsity and keeps every block; this space "
+                             "has only blocks: use another strategy")
         super().__init__(ctx, ctx.space.uniform, steps)
 
 

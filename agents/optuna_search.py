@@ -8,7 +8,7 @@ Design choices, and why:
 * One continuous float per group, named by the group, in [0, max_ratio]. The space already rounds
   every ratio to a kept-channel count (`round_to`), so a ratio step would only be a second, misaligned
   rounding; a step would also clip `max_ratio` (rarely a multiple of it) and push the exact bisected
-  uniform ratio off the grid.
+  uniform ratio off the grid. A binary dimension (a block, an N:M layer) is categorical: off or on.
 * The budget is an Optuna constraint (`Trial.set_constraint`, Optuna 5's replacement for the
   deprecated sampler `constraints_func`), set before `tell` so both TPE and NSGA-II see it. Its sign is
   the evaluator's `meets_budget` (exact FLOPs/params, or the measured latency CI, with tolerance),
@@ -137,7 +137,7 @@ class OptunaAgent(Agent):
         """Trial 1 is a given plan (a scheduled search's previous best), clipped to each group's range;
         groups the space lacks are dropped and a plan sharing no group with the space is skipped."""
         dims = {d.name: d for d in self.ctx.space.dimensions}
-        ratios = {name: min(max(float(r), 0.0), dims[name].max_ratio) for name, r in plan.items() if name in dims}
+        ratios = {name: dims[name].snap(float(r)) for name, r in plan.items() if name in dims}
         if not ratios:
             self.ctx.emit({"type": "warm_start_skipped", "reason": "the plan names none of this model's groups"})
             return None
@@ -183,7 +183,8 @@ class OptunaAgent(Agent):
         for _ in range(min(self.parallel, self.trials - self._asked)):
             trial = self.study.ask()
             self._asked += 1
-            ratios = {d.name: trial.suggest_float(d.name, 0.0, d.max_ratio) for d in self.ctx.space.dimensions}
+            ratios = {d.name: trial.suggest_categorical(d.name, [0.0, d.max_ratio]) if d.binary
+                      else trial.suggest_float(d.name, 0.0, d.max_ratio) for d in self.ctx.space.dimensions}
             predicted = self._predict(ratios)
             over = predicted is not None and predicted > self.prefilter_limit
             latency: LatencyMode = "none"

@@ -6,7 +6,8 @@ threshold t, each group gets the largest ratio whose interpolated accuracy drop 
 bisection on t finds the smallest loss whose plan meets the budget (exact FLOPs/params, or the
 latency lookup table). The chosen plan is then evaluated for real; for a measured latency budget,
 a miss caused by lookup-table error nudges t up and tries again. Cheap, but blind to interactions
-between layers.
+between layers. A binary dimension (a block, an N:M layer) is scanned once, switched on, and is
+switched on by every threshold at or above its drop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from itertools import pairwise
 from typing import Any
 
 from agents.base import Agent, Candidate, Evaluation, SearchContext
+from search_spaces.space import Dimension
 
 MAX_CONFIRMATIONS = 4
 
@@ -53,8 +55,12 @@ class SensitivityAgent(Agent):
         self._best: Evaluation | None = None
         self._pending: list[Candidate] = []
 
+    def _scan_ratios(self, dim: Dimension) -> list[float]:
+        """A binary dimension (block, N:M layer) has one point to scan: switched on."""
+        return [dim.max_ratio] if dim.binary else [r for r in self.ratios if r <= dim.max_ratio + 1e-9]
+
     def planned_evaluations(self) -> int:
-        return len(self.ctx.space.dimensions) * len(self.ratios) + 2
+        return sum(len(self._scan_ratios(d)) for d in self.ctx.space.dimensions) + 2
 
     # -- phase 2: threshold -> plan ---------------------------------------------------------------
     def drops(self, group: str) -> list[float]:
@@ -62,7 +68,8 @@ class SensitivityAgent(Agent):
         return [self.base_acc - acc for acc in self.curves[group]]
 
     def plan_for(self, threshold: float) -> dict[str, float]:
-        return {d.name: ratio_at(self.ratios, self.drops(d.name), threshold, d.max_ratio)
+        return {d.name: (d.max_ratio if self.drops(d.name)[0] <= threshold else 0.0) if d.binary
+                else ratio_at(self.ratios, self.drops(d.name), threshold, d.max_ratio)
                 for d in self.ctx.space.dimensions}
 
     def _fits(self, ratios: dict[str, float]) -> bool:
@@ -90,7 +97,7 @@ class SensitivityAgent(Agent):
             self._scanned = True
             batch = [self.candidate({}, latency="none", short_steps=0, group=None, ratio=0.0)]
             batch += [self.candidate({d.name: r}, latency="none", short_steps=0, group=d.name, ratio=r)
-                      for d in self.ctx.space.dimensions for r in self.ratios if r <= d.max_ratio + 1e-9]
+                      for d in self.ctx.space.dimensions for r in self._scan_ratios(d)]
             self._pending = batch
             return batch
         if self._best is not None or self.confirmations >= MAX_CONFIRMATIONS or self.base_acc is None:
@@ -117,7 +124,8 @@ class SensitivityAgent(Agent):
         if self._pending and all(c.id in {r.candidate.id for r in results} for c in self._pending):
             self._pending = []
             for d in self.ctx.space.dimensions:
-                self.ctx.emit({"type": "sensitivity_curve", "group": d.name, "ratios": self.ratios,
+                self.ctx.emit({"type": "sensitivity_curve", "group": d.name,
+                               "ratios": self._scan_ratios(d) if d.binary else self.ratios,
                                "val_acc": self.curves.get(d.name, [])})
 
     def _record_scan(self, r: Evaluation) -> None:
@@ -125,6 +133,9 @@ class SensitivityAgent(Agent):
         acc = float(r.val_acc or 0.0)
         if group is None:
             self.base_acc = acc
+            return
+        if self.ctx.space.dimension(group).binary:
+            self.curves[group] = [acc]
             return
         curve = self.curves.setdefault(group, [acc] * len(self.ratios))
         idx = self.ratios.index(ratio)

@@ -23,7 +23,7 @@ from measurement.lut import LatencyTable
 from measurement.runtimes import InferenceCall
 from measurement.training import TrainConfig, default_augment, train
 from search_spaces.datasets import DataSplits
-from search_spaces.space import PruningSpace, count_cost
+from search_spaces.space import PruningSpace
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def restore_accuracy(model: nn.Module, data: DataSplits, recipe: AccuracyRecipe)
 def score_accuracy(space: PruningSpace, data: DataSplits, cand: Candidate, recipe: AccuracyRecipe) -> AccuracyResult:
     """Cost of the plan, and its validation accuracy if the candidate asks for it."""
     pruned = space.apply(cand.ratios)
-    flops, params = count_cost(pruned, space.example)
+    flops, params = space.count(pruned)
     if not cand.accuracy:
         return AccuracyResult(None, flops, params)
     recipe = recipe.for_candidate(cand)

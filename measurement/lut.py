@@ -32,8 +32,9 @@ def _grid(channels: int, prunable: bool) -> list[int]:
 
 def layer_module(info: LayerInfo, cin: int, cout: int) -> tuple[nn.Module, torch.Size]:
     """A stand-alone copy of the layer at the given channel counts, and its input shape (batch 1)."""
-    if info.kind == "linear":
-        return nn.Linear(cin, cout, bias=info.bias), torch.Size([1, cin])
+    if info.kind == "linear":  # in_size: tokens per sample (transformers), 1 after a flatten
+        tokens = [info.in_size] if info.in_size > 1 else []
+        return nn.Linear(cin, cout, bias=info.bias), torch.Size([1, *tokens, cin])
     groups = cin if info.kind == "dwconv" else 1
     conv = nn.Conv2d(cin, cout, info.kernel, info.stride, info.padding, groups=groups, bias=info.bias)
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()).eval(), torch.Size([1, cin, info.in_size, info.in_size])
@@ -46,10 +47,12 @@ class LatencyTable:
         self.cache_path = Path(cache_dir) / f"{self._device_key()}.json" if cache_dir else None
         self.entries: dict[str, dict[str, float]] = self._load()
         self.overhead_ms = 0.0
-        member_of = {m: d.name for d in space.dimensions for m in d.members}
-        consumer_of = {c: d.name for d in space.dimensions for c in d.consumers}
-        self._out_group = {layer.name: member_of.get(layer.name) for layer in space.layers}
-        self._in_group = {layer.name: consumer_of.get(layer.name) for layer in space.layers}
+        if space.sparse:
+            raise ValueError("a latency lookup table models channel and depth plans; fine-grained zeros run "
+                             "at dense speed")
+        widths = [d for d in space.dimensions if d.granularity in ("channel", "head")]
+        self._prunable_out = {m for d in widths for m in d.members}
+        self._prunable_in = {c for d in widths for c in d.consumers}
 
     def _device_key(self) -> str:
         desc = self.meter.settings.describe()
@@ -76,10 +79,10 @@ class LatencyTable:
                f"|hw{info.in_size}|b{int(info.bias)}"
 
     def _axes(self, info: LayerInfo) -> tuple[list[int], list[int]]:
-        outs = _grid(info.out_channels, self._out_group[info.name] is not None)
+        outs = _grid(info.out_channels, info.name in self._prunable_out)
         if info.kind == "dwconv":
             return outs, outs  # depthwise: input channels follow output channels
-        return _grid(info.in_channels, self._in_group[info.name] is not None), outs
+        return _grid(info.in_channels, info.name in self._prunable_in), outs
 
     def build(self, progress: ProgressFn | None = None) -> int:
         """Time every missing grid point; returns how many were timed."""
@@ -110,25 +113,17 @@ class LatencyTable:
         rows = [_interp1(couts, [table[f"{a},{b}"] for b in couts], cout) for a in cins]
         return _interp1(cins, rows, cin)
 
-    def channels(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-        out = {}
-        for info in self.space.layers:
-            og, ig = self._out_group[info.name], self._in_group[info.name]
-            cout = kept[og] if og else info.out_channels
-            cin = cout if info.kind == "dwconv" else (kept[ig] if ig else info.in_channels)
-            out[info.name] = (cin, cout)
-        return out
-
     def breakdown(self, kept: Mapping[str, int]) -> dict[str, float]:
-        """Predicted milliseconds per layer for the plan with these kept channel counts."""
-        chans = self.channels(kept)
-        return {i.name: self.layer_ms(i, *chans[i.name]) for i in self.space.layers}
+        """Predicted milliseconds per layer for the plan with these kept counts (0 for a dropped block's)."""
+        shapes = self.space.layer_shapes(kept)
+        return {i.name: 0.0 if (s := shapes[i.name]) is None else self.layer_ms(i, s[0], s[1])
+                for i in self.space.layers}
 
     def predict(self, kept: Mapping[str, int]) -> float:
         return sum(self.breakdown(kept).values()) + self.overhead_ms
 
     def _unpruned(self) -> dict[str, int]:
-        return {d.name: d.channels for d in self.space.dimensions}
+        return self.space.kept_for({})
 
     def ratio(self, kept: Mapping[str, int]) -> float:
         """Predicted latency of a plan relative to the unpruned model."""

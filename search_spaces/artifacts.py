@@ -14,21 +14,43 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from search_spaces.kinds import SPARSE
 from search_spaces.plan import Plan
 from search_spaces.space import PruningSpace
+from search_spaces.sparse_format import save_sparse
 from search_spaces.weights import WeightsError, load_into, read_state_dict, save_weights
 from search_spaces.zoo import build_model
 
 PLAN_FILE, WEIGHTS_FILE, ONNX_FILE = "plan.json", "model.safetensors", "model.onnx"
+SPARSE_WEIGHTS_FILE = "model.sparse.safetensors"
 
 
-def save_pruned(out: str | Path, model: nn.Module, plan: Plan) -> None:
+def save_pruned(out: str | Path, model: nn.Module, plan: Plan) -> dict[str, int]:
+    """Plan + dense safetensors; a fine-grained plan also gets the sparse file (values + bitmask).
+    Returns the bytes on disk of each weights file."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / WEIGHTS_FILE, {"fingerprint": plan.fingerprint})
+    sizes = {WEIGHTS_FILE: (folder / WEIGHTS_FILE).stat().st_size}
+    if any(g.granularity in SPARSE for g in plan.groups):
+        sizes[SPARSE_WEIGHTS_FILE] = save_sparse(model.state_dict(), folder / SPARSE_WEIGHTS_FILE)
     tmp = folder / (PLAN_FILE + ".tmp")
     tmp.write_text(plan.to_json())
     tmp.replace(folder / PLAN_FILE)
+    return sizes
+
+
+def space_for(base: nn.Module, plan: Plan) -> PruningSpace:
+    """A space over `base` with the plan's kinds of dimension, enough to rebuild its structure."""
+    granularities = {g.granularity for g in plan.groups}
+    kinds = sorted({"channel" if g == "head" else g for g in granularities})
+    sparse = bool(granularities & set(SPARSE))
+    nm = (2, 4)
+    if "nm" in granularities:
+        m = plan.groups[0].channels
+        nm = (min((g.kept for g in plan.groups if g.kept < m), default=m // 2), m)
+    return PruningSpace(base, plan.model, criterion="magnitude" if sparse else "l1", round_to=plan.round_to,
+                        max_ratio=0.999, keep_layers=plan.keep_layers, kinds=kinds, nm=nm)
 
 
 def load_pruned(folder: str | Path, factories: Mapping[str, str] | None = None) -> tuple[nn.Module, Plan]:
@@ -38,8 +60,7 @@ def load_pruned(folder: str | Path, factories: Mapping[str, str] | None = None) 
         raise WeightsError(f"{path}: no {PLAN_FILE}; not a prunesearch artifact folder")
     plan = Plan.read(path / PLAN_FILE)
     base = build_model(plan.model, factories)
-    space = PruningSpace(base, plan.model, round_to=plan.round_to, max_ratio=0.999)
-    model = space.rebuild(base, plan)
+    model = space_for(base, plan).rebuild(base, plan)
     load_into(model, read_state_dict(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
     return model.eval(), plan
 

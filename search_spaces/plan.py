@@ -1,7 +1,8 @@
 """The per-layer sparsity plan: what a job returns and what rebuilds a pruned model.
 
-`ratios` is what a search asked for per coupled group; `kept` is the channel count each group
-ended with after bounds and `round_to`, and is all a rebuild needs (structure, no weights).
+`ratios` is what a search asked for per dimension; `kept` is the unit count each dimension ended
+with after bounds and `round_to`, and is all a rebuild needs (structure, no weights; fine-grained
+zeros travel in the weights).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLAN_SCHEMA_VERSION: Literal[1] = 1
+PLAN_SCHEMA_VERSION: Literal[2] = 2  # 2: dimensions of every granularity (1 held channel groups only)
+Granularity = Literal["channel", "head", "block", "unstructured", "nm"]
 
 
 class PlanMismatchError(ValueError):
@@ -29,12 +31,13 @@ class ModelIdentity(BaseModel):
 
 class GroupResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="root module path of the coupled channel group")
-    granularity: Literal["channel"] = "channel"
-    members: list[str] = Field(description="layers whose output channels this group removes")
-    ratio: float = Field(ge=0, lt=1, description="requested fraction of channels to remove")
-    channels: int = Field(ge=1)
-    kept: int = Field(ge=1)
+    name: str = Field(description="root module path of the coupled channel group, attention module, block or layer")
+    granularity: Granularity = Field("channel", description="the unit counted by channels/kept: channel, head, "
+                                     "block (1 unit: kept or dropped), unstructured (weights), nm (M or N per group)")
+    members: list[str] = Field(description="layers whose output channels (or weights) this dimension removes")
+    ratio: float = Field(ge=0, le=1, description="requested fraction of units to remove")
+    channels: int = Field(ge=1, description="units before pruning")
+    kept: int = Field(ge=0, description="units after pruning (0: a dropped block)")
 
     @property
     def effective_ratio(self) -> float:
@@ -59,11 +62,12 @@ class LayerResult(BaseModel):
 
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[1] = PLAN_SCHEMA_VERSION
+    schema_version: Literal[1, 2] = PLAN_SCHEMA_VERSION
     fingerprint: str = Field(description="hash of the base model's architecture and weights")
     model: ModelIdentity
     criterion: str
     round_to: int
+    keep_layers: list[str] = Field(default_factory=list, description="module paths the job kept whole")
     groups: list[GroupResult]
     layers: list[LayerResult]
     flops_before: int

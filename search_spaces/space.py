@@ -1,24 +1,39 @@
-"""The pruning space of a model: one dimension per coupled channel group.
+"""The pruning space of a model: its dimensions, and the operations on plans over them.
 
 Built on Torch-Pruning's three layers: its DependencyGraph finds which channels must go
 together, its Group is one dimension of our space, and its pruning functions do the channel
 surgery. We only decide *how many* channels each group keeps (the plan) and *which* ones (the
 criterion).
+
+Every dimension is "how many of N units stay"; the granularity names the unit, so agents need no
+case per kind and a plan is one mapping of dimension -> ratio:
+
+* channel: a coupled channel group (Torch-Pruning group); `head`: the attention heads of one
+  attention module (its qkv group, removed a whole head at a time).
+* block: a residual block that can be replaced by the identity (1 unit, kept or dropped).
+* unstructured: the weights of one layer, zeroed by a fine-grained criterion (a size budget:
+  dense kernels still run the zeros).
+* nm: one layer, dense or N:M sparse (N of every M weights along the input dimension).
+
+`block` and `nm` are binary: a ratio at or above half the dimension's maximum switches it on.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from search_spaces import sparsity
 from search_spaces.criteria import DATA_DRIVEN, Batches, prepare_scorer
-from search_spaces.plan import GroupResult, LayerResult, ModelIdentity, Plan, PlanMismatchError
+from search_spaces.depth import block_layers, bypassable_blocks, drop_blocks
+from search_spaces.kinds import BINARY, SPARSE, SPARSE_CRITERIA, KindError, check_kinds
+from search_spaces.plan import Granularity, GroupResult, LayerResult, ModelIdentity, Plan, PlanMismatchError
 from search_spaces.weights import fingerprint
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -49,23 +64,45 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class Dimension:
-    """One coupled channel group: the search decides how many of its channels stay."""
+    """One searchable dimension: the search decides how many of its `channels` units stay."""
 
     name: str
-    channels: int
+    channels: int  # units: channels, heads, 1 block, weights of a layer, or M (nm)
     min_kept: int
     round_to: int
-    members: tuple[str, ...]  # layers whose output channels this group removes
-    consumers: tuple[str, ...]  # layers whose input channels this group removes
+    members: tuple[str, ...]  # layers whose output channels (or weights) this dimension removes
+    consumers: tuple[str, ...]  # layers whose input channels this dimension removes
     layer: LayerInfo  # the root layer, for agents that want a descriptor
+    granularity: Granularity = "channel"
+    covers: tuple[str, ...] = ()  # block: every conv/linear layer that goes with it
+    unit_out: int = 1  # output channels of each member per unit (heads: 3 * head_dim of qkv)
+    unit_in: int = 1  # input channels of each consumer per unit (heads: head_dim of proj)
+
+    @property
+    def binary(self) -> bool:
+        return self.granularity in BINARY
 
     @property
     def max_ratio(self) -> float:
         return 1 - self.min_kept / self.channels
 
+    def is_on(self, ratio: float) -> bool:
+        """A binary dimension is switched on (block dropped, layer N:M) from half its maximum ratio."""
+        return ratio >= self.max_ratio / 2
+
+    def snap(self, ratio: float) -> float:
+        """The ratio a plan records: binary dimensions take 0 or their maximum, others are clamped."""
+        if self.binary:
+            return self.max_ratio if self.is_on(ratio) else 0.0
+        return min(max(ratio, 0.0), self.max_ratio)
+
     def kept(self, ratio: float) -> int:
-        if not 0 <= ratio < 1:
-            raise SpaceError(f"ratio for group {self.name!r} must be in [0, 1), got {ratio}")
+        top = 1 if self.binary else 1 - 1e-12
+        if not 0 <= ratio <= top:
+            raise SpaceError(f"ratio for {self.granularity} dimension {self.name!r} must be in "
+                             f"[0, {'1]' if self.binary else '1)'}, got {ratio}")
+        if self.binary:
+            return self.min_kept if self.is_on(ratio) else self.channels
         want = self.channels * (1 - ratio)
         rounded = math.floor(want / self.round_to + 0.5) * self.round_to
         return max(self.min_kept, min(self.channels, rounded))
@@ -96,7 +133,8 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         bias = getattr(m, "bias", None) is not None
         if isinstance(m, nn.Linear):
             spatial, cin, cout = out[0].numel() // m.out_features, m.in_features, m.out_features
-            info = LayerInfo(len(seen), names[m], "linear", cin, cout, 1, 1, params, spatial * cin * cout, bias=bias)
+            info = LayerInfo(len(seen), names[m], "linear", cin, cout, 1, 1, params, spatial * cin * cout,
+                             in_size=spatial, bias=bias)  # in_size: tokens per sample (1 after a flatten)
         else:
             assert isinstance(m, nn.modules.conv._ConvNd)
             cin, cout = m.in_channels, m.out_channels
@@ -140,14 +178,22 @@ class PruningSpace:
 
     def __init__(self, model: nn.Module, identity: ModelIdentity, *, criterion: str = "l1", round_to: int = 1,
                  max_ratio: float = 0.9, keep_layers: Iterable[str] = (),
-                 calibration: Batches | None = None, seed: int = 0) -> None:
+                 calibration: Batches | None = None, seed: int = 0,
+                 kinds: Sequence[str] = ("channel",), nm: tuple[int, int] = (2, 4)) -> None:
         self.base = model.eval()
         self.identity = identity
         self.criterion = criterion
         self.round_to = round_to
         self.seed = seed
+        self.kinds = tuple(kinds)
+        self.nm = nm
+        try:
+            check_kinds(self.kinds, criterion, nm)
+        except KindError as exc:
+            raise SpaceError(str(exc)) from None
         self._calibration = list(calibration) if calibration is not None else None
-        if criterion in DATA_DRIVEN and not self._calibration:
+        data_driven = (*DATA_DRIVEN, "wanda", "obd")
+        if criterion in data_driven and not self._calibration:
             raise SpaceError(f"criterion: {criterion!r} needs calibration batches")
         self.example = torch.zeros(1, identity.in_channels, identity.input_size, identity.input_size)
         modules = dict(model.named_modules())
@@ -158,28 +204,97 @@ class PruningSpace:
         self.fingerprint = fingerprint(identity.arch, model)
         self.layers = describe_layers(model, self.example)
         self.flops, self.params = count_cost(model, self.example)
+        if self.sparse:  # the size budget counts what a sparse file stores: non-zero parameters
+            self.params = sparsity.nonzero_parameters(model)
+        dims: list[Dimension] = []
+        if "channel" in self.kinds:
+            dims += self._channel_dimensions(model, max_ratio)
+        if "block" in self.kinds:
+            dims += self._block_dimensions(model)
+        if self.sparse:
+            dims += self._sparse_dimensions(model, max_ratio)
+        if not dims:
+            raise SpaceError(f"model: no prunable dimension of kind {'/'.join(self.kinds)} found")
+        self.dimensions = sorted(dims, key=lambda d: (d.layer.index, d.granularity != "block"))  # forward order
+        self._by_name = {d.name: d for d in dims}
+        self._by_root = {(d.members[0] if d.granularity == "head" else d.name): d
+                         for d in dims if d.granularity in ("channel", "head")}
+        widths = [d for d in dims if d.granularity in ("channel", "head")]
+        self._out_of = {m: d for d in widths for m in d.members}  # layer -> dimension shrinking its outputs
+        self._in_of = {c: d for d in widths for c in d.consumers}  # ... and its inputs
+        self._scores: dict[str, torch.Tensor] | None = None
+        self._zeroed_cache: dict[tuple[str, int], int] = {}
+        self._weight_scores: dict[str, torch.Tensor] | None = None
+
+    @property
+    def sparse(self) -> bool:
+        """Fine-grained dimensions: the model keeps its shapes and stores zeros."""
+        return any(k in SPARSE for k in self.kinds)
+
+    # -- dimensions of each kind -----------------------------------------------------------------
+    def _channel_dimensions(self, model: nn.Module, max_ratio: float) -> list[Dimension]:
+        """One per Torch-Pruning group; the qkv group of an attention module is counted in heads."""
         info = {layer.name: layer for layer in self.layers}
+        names = self._names(model)
         dims = []
         graph, groups = self._groups(model)
         for root, group in groups:
             members: list[str] = []
             consumers: list[str] = []
             for dep, _ in group:
-                name = self._names(model).get(dep.target.module)
+                name = names.get(dep.target.module)
                 if name is None or not isinstance(dep.target.module, PRUNABLE):
                     continue
                 (members if graph.is_out_channel_pruning_fn(dep.handler) else consumers).append(name)
-            channels = graph.get_out_channels(root)
+            rname = names[root]
+            channels = int(graph.get_out_channels(root))
+            attn = _attention_of(model, rname)
+            if attn is not None:
+                heads = attn.num_heads
+                assert isinstance(heads, int)
+                head_dim = channels // (3 * heads)
+                dims.append(Dimension(rname.rsplit(".", 1)[0], heads, max(1, math.ceil(heads * (1 - max_ratio))), 1,
+                                      tuple(dict.fromkeys(members)), tuple(dict.fromkeys(consumers)), info[rname],
+                                      "head", unit_out=3 * head_dim, unit_in=head_dim))
+                continue
             min_kept = max(1, math.ceil(channels * (1 - max_ratio)))
-            min_kept = min(channels, math.ceil(min_kept / round_to) * round_to)
-            rname = self._names(model)[root]
-            dims.append(Dimension(rname, int(channels), min_kept, round_to, tuple(dict.fromkeys(members)),
+            min_kept = min(channels, math.ceil(min_kept / self.round_to) * self.round_to)
+            dims.append(Dimension(rname, channels, min_kept, self.round_to, tuple(dict.fromkeys(members)),
                                   tuple(dict.fromkeys(consumers)), info[rname]))
-        if not dims:
-            raise SpaceError("model: no prunable channel group found")
-        self.dimensions = sorted(dims, key=lambda d: d.layer.index)  # forward order, as AMC walks it
-        self._by_name = {d.name: d for d in dims}
-        self._scores: dict[str, torch.Tensor] | None = None
+        return dims
+
+    def _block_dimensions(self, model: nn.Module) -> list[Dimension]:
+        info = {layer.name: layer for layer in self.layers}
+        dims = []
+        for name in bypassable_blocks(model, self.example):
+            covers = tuple(block_layers(model, name))
+            if covers and not set(covers) & set(self.keep_layers) and name not in self.keep_layers:
+                dims.append(Dimension(name, 1, 0, 1, (), (), info[covers[0]], "block", covers=covers))
+        return dims
+
+    def _sparse_dimensions(self, model: nn.Module, max_ratio: float) -> list[Dimension]:
+        """One per conv/linear layer but the classifier (and `keep_layers`); nm: layers whose input
+        dimension divides into groups of M."""
+        modules = dict(model.named_modules())
+        head = output_layer(model, self.example)
+        skip = set(self.keep_layers) | {n for n, m in modules.items() if m is head}
+        n, m = self.nm
+        dims = []
+        for layer in self.layers:
+            module = modules[layer.name]
+            if layer.name in skip:
+                continue
+            if "nm" in self.kinds:
+                if sparsity.nm_eligible(module, m):
+                    dims.append(Dimension(layer.name, m, n, m - n, (layer.name,), (), layer, "nm"))
+                continue
+            weights = module.weight.numel()
+            # Wanda compares weights within each output row: keep whole rows' worth so every row loses
+            # the same count and the plan's count is exact.
+            unit = module.weight.shape[0] if SPARSE_CRITERIA[self.criterion] == "wanda" else 1
+            min_kept = math.ceil(max(1, math.ceil(weights * (1 - max_ratio))) / unit) * unit
+            dims.append(Dimension(layer.name, weights, min_kept, unit, (layer.name,), (), layer, "unstructured"))
+        return dims
 
     # -- graph helpers -------------------------------------------------------------------------
     @staticmethod
@@ -215,11 +330,22 @@ class PruningSpace:
         return {d.name: d.kept(float(ratios.get(d.name, 0.0))) for d in self.dimensions}
 
     def uniform(self, ratio: float) -> dict[str, float]:
-        return {d.name: min(ratio, d.max_ratio) for d in self.dimensions}
+        """Every width/sparsity dimension at `ratio`; blocks stay (uniform is a width baseline)."""
+        return {d.name: 0.0 if d.granularity == "block" else d.snap(ratio) for d in self.dimensions}
+
+    def smallest(self) -> dict[str, float]:
+        """The most-pruned plan the space allows."""
+        return {d.name: d.max_ratio for d in self.dimensions}
 
     def apply(self, ratios: Mapping[str, float]) -> nn.Module:
-        """A physically smaller copy of the base model; channels chosen by the space's criterion."""
-        return self._prune(copy.deepcopy(self.base), self.kept_for(ratios), by_importance=True)
+        """A physically smaller copy of the base model; channels chosen by the space's criterion.
+        Fine-grained plans come back masked (torch.nn.utils.prune), so a fine-tune keeps the zeros;
+        `sparsity.make_permanent` folds the masks in before saving."""
+        kept = self.kept_for(ratios)
+        model = self._prune(copy.deepcopy(self.base), kept, by_importance=True)
+        if self.sparse:
+            sparsity.apply_masks(model, self._masks(kept))
+        return model
 
     def rebuild(self, model: nn.Module, plan: Plan) -> nn.Module:
         """Give a freshly built base architecture the plan's structure, ready to load pruned weights.
@@ -232,66 +358,162 @@ class PruningSpace:
 
     def _prune(self, model: nn.Module, kept: Mapping[str, int], by_importance: bool) -> nn.Module:
         names = self._names(model)
-        scorer = None
-        if by_importance and any(kept[d.name] < d.channels for d in self.dimensions):
-            torch.manual_seed(self.seed)  # the random criterion must pick the same channels every time
-            scorer = prepare_scorer(self.criterion, model, self._calibration)
-        selections = []
-        graph, groups = self._groups(model)
-        for root, group in groups:
-            dim = self._by_name.get(names[root])
-            if dim is None or kept[dim.name] >= dim.channels:
-                continue
-            n_prune = dim.channels - kept[dim.name]
-            if scorer is None:
-                idxs = list(range(dim.channels - n_prune, dim.channels))
-            else:
-                scores = scorer(group)
-                if scores is None:
+        modules = dict(model.named_modules())
+        shrinking = [d for d in self._by_root.values() if kept[d.name] < d.channels]
+        if shrinking:
+            scorer = None
+            if by_importance:
+                torch.manual_seed(self.seed)  # the random criterion must pick the same channels every time
+                scorer = prepare_scorer(self.criterion, model, self._calibration)
+            selections = []
+            graph, groups = self._groups(model)
+            for root, group in groups:
+                dim = self._by_root.get(names[root])
+                if dim is None or kept[dim.name] >= dim.channels:
                     continue
-                idxs = torch.argsort(scores, stable=True)[:n_prune].tolist()
-            selections.append((root, group[0].dep.handler, idxs))
-        # Score every group on the unpruned model first, then prune, as Torch-Pruning's own pruner does.
-        for root, handler, idxs in selections:
-            graph.get_pruning_group(root, handler, idxs).prune()
+                n_prune = dim.channels - kept[dim.name]
+                if dim.granularity == "head":
+                    heads = _head_scores(modules, dim) if scorer is not None else None
+                    selections.append((root, group[0].dep.handler, _head_channels(dim, heads, n_prune)))
+                    continue
+                scores = scorer(group) if scorer is not None else None
+                if scorer is not None and scores is None:
+                    continue
+                if scores is None:
+                    idxs = list(range(dim.channels - n_prune, dim.channels))
+                else:
+                    idxs = torch.argsort(scores, stable=True)[:n_prune].tolist()
+                selections.append((root, group[0].dep.handler, idxs))
+            # Score every group on the unpruned model first, then prune, as Torch-Pruning's own pruner does.
+            for root, handler, idxs in selections:
+                graph.get_pruning_group(root, handler, idxs).prune()
+            for dim in shrinking:
+                if dim.granularity == "head":
+                    modules[dim.name].num_heads = kept[dim.name]
+                    # Torch-Pruning 1.6 removes the right proj columns but subtracts 3x as many from in_features
+                    proj = modules[dim.consumers[0]]
+                    proj.in_features = proj.weight.shape[1]
+        dropped = [d.name for d in self.dimensions if d.granularity == "block" and kept[d.name] == 0]
+        if dropped:
+            drop_blocks(model, dropped)
         model.zero_grad(set_to_none=True)
         return model.eval()
 
+    def _masks(self, kept: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """Keep-masks of the fine-grained dimensions that remove something."""
+        return {d.name: self._mask(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.channels}
+
+    def _mask(self, name: str, kept: int) -> torch.Tensor:
+        d, scores = self._by_name[name], self.weight_scores()[name]
+        if d.granularity == "nm":
+            return sparsity.nm_mask(scores, *self.nm)
+        return sparsity.unstructured_mask(scores, 1 - kept / d.channels,
+                                          per_output=SPARSE_CRITERIA[self.criterion] == "wanda")
+
+    def _zeroed(self, name: str, kept: int) -> int:
+        """Non-zero base weights a dimension's mask removes (cached: searches ask for the same counts
+        again): the exact size cost of a plan, also when the base already holds zeros (a checkpoint
+        pruned before), which a mask takes first."""
+        if (name, kept) not in self._zeroed_cache:
+            weight = dict(self.base.named_modules())[name].weight.detach()
+            self._zeroed_cache[name, kept] = int(((weight != 0) & ~self._mask(name, kept)).sum())
+        return self._zeroed_cache[name, kept]
+
+    def weight_scores(self) -> dict[str, torch.Tensor]:
+        """Per-weight importance of every fine-grained dimension's layer on the base model, cached."""
+        if self._weight_scores is None:
+            model = copy.deepcopy(self.base)
+            self._weight_scores = sparsity.weight_scores(model, [d.name for d in self.dimensions],
+                                                         SPARSE_CRITERIA[self.criterion], self._calibration)
+        return self._weight_scores
+
     def importance_scores(self) -> dict[str, torch.Tensor]:
-        """Per-group channel importance on the base model (normalised within the group), cached."""
+        """Per-dimension unit importance on the base model, cached, for one global ranking: channels
+        normalised within their group (heads: averaged per head); fine-grained weights raw, as
+        global magnitude pruning ranks them. Binary dimensions are not ranked."""
         if self._scores is None:
+            if self.sparse:
+                ws = self.weight_scores()
+                self._scores = {d.name: ws[d.name].flatten() for d in self.dimensions
+                                if d.granularity == "unstructured"}
+                return self._scores
             model = copy.deepcopy(self.base)
             torch.manual_seed(self.seed)
             scorer = prepare_scorer(self.criterion, model, self._calibration)
             names = self._names(model)
             scores = {}
+            modules = dict(model.named_modules())
             for root, group in self._groups(model)[1]:
-                s = scorer(group)
-                if s is not None and names[root] in self._by_name:
-                    scores[names[root]] = s.detach().float()
+                dim = self._by_root.get(names[root])
+                if dim is None:
+                    continue
+                s = _head_scores(modules, dim) if dim.granularity == "head" else scorer(group)
+                if s is not None:
+                    scores[dim.name] = s.detach().float()
             self._scores = scores
         return self._scores
 
+    def count(self, model: nn.Module) -> tuple[int, int]:
+        """(MACs, params) of a model from this space; params are the non-zero ones in a sparse space,
+        whose MACs are the base's (dense kernels run the zeros)."""
+        if self.sparse:
+            return self.flops, sparsity.nonzero_parameters(model)
+        return count_cost(model, self.example)
+
+    def layer_shapes(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int, float] | None]:
+        """(in channels, out channels, weight density) of every conv/linear layer under a plan, None
+        for a layer that goes with a dropped block: the channel model that lookup tables and cost
+        estimates share."""
+        density = {d.name: kept[d.name] / d.channels for d in self.dimensions if d.granularity in SPARSE}
+        gone = {layer for d in self.dimensions if d.granularity == "block" and kept[d.name] == 0 for layer in d.covers}
+        shapes: dict[str, tuple[int, int, float] | None] = {}
+        for info in self.layers:
+            if info.name in gone:
+                shapes[info.name] = None
+                continue
+            od, idim = self._out_of.get(info.name), self._in_of.get(info.name)
+            cout = kept[od.name] * od.unit_out if od else info.out_channels
+            cin = cout if info.kind == "dwconv" else (kept[idim.name] * idim.unit_in if idim else info.in_channels)
+            shapes[info.name] = (cin, cout, density.get(info.name, 1.0))
+        return shapes
+
     def plan(self, ratios: Mapping[str, float], pruned: nn.Module | None = None) -> Plan:
-        """Describe `ratios` fully: per group, per layer, and the cost before and after."""
+        """Describe `ratios` fully: per dimension, per layer, and the cost before and after."""
         kept = self.kept_for(ratios)
         pruned = pruned if pruned is not None else self.apply(ratios)
-        flops, params = count_cost(pruned, self.example)
+        flops, params = self.count(pruned)
         after = {layer.name: layer for layer in describe_layers(pruned, self.example)}
+        modules = dict(pruned.named_modules())
+
+        def params_after(name: str) -> int:
+            if name not in after:
+                return 0  # removed with its block
+            if not self.sparse:
+                return after[name].params
+            return sum(int(torch.count_nonzero(t)) for t in (modules[name].weight, getattr(modules[name], "bias", None))
+                       if t is not None)
+
         return Plan(
             fingerprint=self.fingerprint, model=self.identity, criterion=self.criterion, round_to=self.round_to,
-            groups=[GroupResult(name=d.name, members=list(d.members), ratio=float(ratios.get(d.name, 0.0)),
-                                channels=d.channels, kept=kept[d.name]) for d in self.dimensions],
-            layers=[LayerResult(name=b.name, kind=b.kind, in_before=b.in_channels, in_after=after[b.name].in_channels,
-                                out_before=b.out_channels, out_after=after[b.name].out_channels,
-                                params_before=b.params, params_after=after[b.name].params) for b in self.layers],
+            keep_layers=list(self.keep_layers),
+            groups=[GroupResult(name=d.name, granularity=d.granularity, members=list(d.members or d.covers),
+                                ratio=d.snap(float(ratios.get(d.name, 0.0))), channels=d.channels, kept=kept[d.name])
+                    for d in self.dimensions],
+            layers=[LayerResult(name=b.name, kind=b.kind, in_before=b.in_channels,
+                                in_after=after[b.name].in_channels if b.name in after else 0,
+                                out_before=b.out_channels,
+                                out_after=after[b.name].out_channels if b.name in after else 0,
+                                params_before=b.params, params_after=params_after(b.name)) for b in self.layers],
             flops_before=self.flops, flops_after=flops, params_before=self.params, params_after=params,
         )
 
     def cost(self, ratios: Mapping[str, float]) -> tuple[int, int]:
-        """(MACs, params) of the model `ratios` would give."""
-        return count_cost(self._prune(copy.deepcopy(self.base), self.kept_for(ratios), by_importance=False),
-                          self.example)
+        """(MACs, params) of the model `ratios` would give; params count non-zeros in a sparse space."""
+        kept = self.kept_for(ratios)
+        if self.sparse:  # shapes stay; each dimension's mask zeroes some of its layer's weights
+            zeroed = sum(self._zeroed(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.channels)
+            return self.flops, self.params - zeroed
+        return count_cost(self._prune(copy.deepcopy(self.base), kept, by_importance=False), self.example)
 
     def _check_identity(self, plan: Plan, check_weights: bool = True) -> None:
         if plan.model != self.identity:
@@ -308,3 +530,35 @@ class PruningSpace:
         """Apply a stored plan to this base model; refuses a plan made for other weights."""
         self._check_identity(plan)
         return self.apply(plan.ratios)
+
+
+def _attention_of(model: nn.Module, qkv_name: str) -> nn.Module | None:
+    """The attention module whose fused `qkv` projection is `qkv_name` (timm's layout), if any."""
+    parent_name, _, leaf = qkv_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent if leaf == "qkv" and isinstance(getattr(parent, "num_heads", None), int) else None
+
+
+def _head_scores(modules: Mapping[str, nn.Module], dim: Dimension) -> torch.Tensor:
+    """Per-head importance: the mean |weight| of the head's q, k and v rows in qkv and its columns
+    in proj, normalised by the mean over heads like Torch-Pruning's group scores. Heads are ranked
+    by magnitude whatever the job's criterion: Torch-Pruning's group importance cannot follow the
+    qkv reshape to proj without its own pruner's head bookkeeping (it indexes past proj's inputs)."""
+    heads, head_dim = dim.channels, dim.unit_out // 3
+    qkv, proj = modules[dim.members[0]], modules[dim.consumers[0]]
+    assert isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)
+    rows = qkv.weight.detach().abs().view(3, heads, head_dim, -1).mean(dim=(0, 2, 3))
+    cols = proj.weight.detach().abs().view(proj.weight.shape[0], heads, head_dim).mean(dim=(0, 2))
+    score = rows + cols
+    return score / score.mean().clamp_min(1e-12)
+
+
+def _head_channels(dim: Dimension, per_head: torch.Tensor | None, n_prune: int) -> list[int]:
+    """qkv output channels of the `n_prune` least important heads, in all three of q, k and v
+    (laid out as (3, heads, head_dim)); without scores, the last heads."""
+    heads, head_dim = dim.channels, dim.unit_out // 3
+    if per_head is None:
+        drop = list(range(heads - n_prune, heads))
+    else:
+        drop = torch.argsort(per_head, stable=True)[:n_prune].tolist()
+    return sorted(s * heads * head_dim + h * head_dim + j for s in range(3) for h in drop for j in range(head_dim))

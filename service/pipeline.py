@@ -31,13 +31,16 @@ from measurement.training import fit
 from search_spaces.artifacts import ONNX_FILE, export_onnx, save_pruned
 from search_spaces.datasets import DataSplits, load_dataset
 from search_spaces.plan import ModelIdentity, Plan
-from search_spaces.space import PruningSpace, count_cost
+from search_spaces.space import PruningSpace
+from search_spaces.sparsity import make_permanent
 from search_spaces.weights import load_into, read_state_dict
 from search_spaces.zoo import build_model
 from service.config import Settings
 from service.spec import JobSpec, SpecError, TrainWeights
 
 log = structlog.get_logger()
+NM_NOTE = ("N:M masks are applied to dense weights: size and accuracy only. A speed-up needs semi-structured "
+           "sparse kernels on a GPU that has them (NVIDIA Ampere and later), which prunesearch does not drive yet.")
 
 
 @dataclass
@@ -121,7 +124,7 @@ def resolve_budget(spec: JobSpec, space: PruningSpace, base_latency: LatencyStat
     limit = b.target * base if b.relative else b.target
     budget = Budget(b.metric, limit, base, b.tolerance)
     if b.metric != "latency_ms":
-        flops, params = space.cost(space.uniform(1.0 - 1e-9))
+        flops, params = space.cost(space.smallest())
         if not budget.met(flops, params):
             smallest = flops if b.metric == "flops" else params
             raise BudgetUnreachableError(
@@ -187,7 +190,7 @@ def baselines(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, skip: str = 
     from agents.bisection import global_ranking
 
     knobs: dict[str, Callable[[float], dict[str, float]]] = {"uniform": ctx.space.uniform}
-    if skip != "global":
+    if skip != "global" and ctx.space.importance_scores():
         knobs["global"] = global_ranking(ctx.space)
     knobs.pop(skip, None)  # a baseline strategy's own plan is already its baseline
     target = ctx.budget.target_ratio
@@ -228,7 +231,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         calib_bs = 16 if spec.criterion == "hessian" else spec.finetune.batch_size
         calib = list(data.train.batches(calib_bs, limit=spec.evaluation.calibration_batches * calib_bs))
         space = PruningSpace(model, identity, criterion=spec.criterion, round_to=spec.round_to,
-                             max_ratio=spec.max_ratio, keep_layers=spec.keep_layers, calibration=calib, seed=spec.seed)
+                             max_ratio=spec.max_ratio, keep_layers=spec.keep_layers, calibration=calib, seed=spec.seed,
+                             kinds=spec.dimensions, nm=spec.nm_pair)
     meter = LatencyMeter(meter_settings(spec))
     time_on = timing_place(spec, settings, meter)
     example = meter.example(identity.in_channels, identity.input_size)
@@ -284,15 +288,17 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
                 spec.finetune.batch_size, spec.seed, schedule="cosine", progress=step_progress(emit, "final_model"))
             pruned_acc |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
                            "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
+        if space.sparse:
+            make_permanent(pruned)  # fold the masks in: the saved weights hold the zeros
         pruned.eval()
     with phases("final_latency"):
         final, _ = time_on(compare_final, pruned, model, example, max(2 * spec.measurement.max_seconds, 10.0))
-    flops, params_count = count_cost(pruned, space.example)
+    flops, params_count = space.count(pruned)
     plan = space.plan(ratios, pruned)
     base_acc = {"val_acc": accuracy(model, data.val, recipe.batch_size),
                 "test_acc": accuracy(model, data.test, recipe.batch_size)}
     with phases("artifacts"):
-        save_pruned(out, pruned, plan)
+        sizes = save_pruned(out, pruned, plan)
         onnx_note = export_onnx(pruned, example[:1], out / ONNX_FILE)
         agent_files = agent.save(out)
         (out / "agent.json").write_text(json.dumps(agent.summary(), indent=1, default=float) + "\n")
@@ -320,6 +326,9 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         "phases_seconds": phases.seconds,
         "data": data.sizes(),
         "onnx": onnx_note or "exported",
+        "size_bytes": sizes,
+        "dimensions": {"kinds": list(space.kinds), **({"nm": spec.nm, "accelerated": False,
+                                                       "note": NM_NOTE} if "nm" in space.kinds else {})},
     }
     history = [e.record() for e in outcome.history]
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")

@@ -12,8 +12,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation")
-Criterion = Literal["l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation"]
+from search_spaces.kinds import KindError, check_kinds
+
+CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation",
+            "magnitude", "wanda", "obd")
+Criterion = Literal["l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation",
+                    "magnitude", "wanda", "obd"]
+SpaceKind = Literal["channel", "block", "unstructured", "nm"]
 Runtime = Literal["eager", "torchscript", "onnxruntime"]
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_SAMPLES = 100_000_000
@@ -79,7 +84,8 @@ class MeasurementSpec(Strict):
 
 
 class BudgetSpec(Strict):
-    metric: Literal["latency_ms", "flops", "params"]
+    metric: Literal["latency_ms", "flops", "params"] = Field(
+        description="params counts non-zero parameters when the dimensions are fine-grained")
     target: float = Field(gt=0, le=1e18, description="a fraction in (0, 1] if relative, else ms, MACs or params")
     relative: bool = Field(True, description="target is a fraction of the base model's value")
     tolerance: float = Field(0.03, ge=0, le=0.5, description="relative slack on a measured latency budget")
@@ -205,7 +211,14 @@ class JobSpec(Strict):
     device: DeviceSpec = DeviceSpec()
     budget: BudgetSpec
     strategy: StrategySpec = Field(default_factory=lambda: BisectionStrategy(name="uniform"))
-    criterion: Criterion = "l1"
+    criterion: Criterion = Field("l1", description="channels: l1, l2, bn_scale, taylor, hessian, fpgm, lamp, random, "
+                                 "activation; single weights (unstructured, nm): l1 = magnitude, wanda, obd")
+    dimensions: list[SpaceKind] = Field(
+        default_factory=lambda: list[SpaceKind](["channel"]), min_length=1, max_length=4,
+        description="what the search may remove: channel (channel groups and attention heads), block (residual "
+                    "blocks, whole), unstructured (single weights; params budget), nm (N:M per layer; params budget); "
+                    "channel and block combine, the fine-grained kinds stand alone")
+    nm: str = Field("2:4", pattern=r"^[1-9][0-9]?:[1-9][0-9]?$", description="N:M pattern of nm dimensions")
     round_to: int = Field(1, ge=1, le=1024)
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     keep_layers: list[str] = Field(default_factory=list, max_length=10_000,
@@ -222,6 +235,24 @@ class JobSpec(Strict):
         if any(not name.strip() for name in v):
             raise ValueError("keep_layers: empty module path")
         return v
+
+    @field_validator("dimensions")
+    @classmethod
+    def _distinct_dimensions(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _kinds_fit(self) -> JobSpec:
+        try:
+            check_kinds(self.dimensions, self.criterion, self.nm_pair, self.budget.metric)
+        except KindError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def nm_pair(self) -> tuple[int, int]:
+        n, m = self.nm.split(":")
+        return int(n), int(m)
 
 
 class SpecError(ValueError):

@@ -34,7 +34,7 @@ def test_plan_json_records_groups_layers_and_cost(tmp_path: Path) -> None:
     plan = space.plan(space.uniform(0.5))
     save_pruned(tmp_path, space.apply(space.uniform(0.5)), plan)
     data = json.loads((tmp_path / "plan.json").read_text())
-    assert data["schema_version"] == 1 and data["fingerprint"] == space.fingerprint
+    assert data["schema_version"] == 2 and data["fingerprint"] == space.fingerprint
     assert {g["name"] for g in data["groups"]} == {d.name for d in space.dimensions}
     assert all(0 <= layer["sparsity"] < 1 for layer in data["layers"])
     assert data["flops_after"] < data["flops_before"]

@@ -24,7 +24,7 @@ ARTIFACT: dict[str, Any] = {"name": "plan.json", "content_type": "application/js
                             "url": f"{_BASE}/artifacts/plan.json"}
 
 PLAN: dict[str, Any] = {
-    "schema_version": 1, "fingerprint": "bbc9e461776c21d8",
+    "schema_version": 2, "fingerprint": "bbc9e461776c21d8",
     "model": {"arch": "small_cnn", "num_classes": 10, "in_channels": 1, "input_size": 8},
     "criterion": "l1", "round_to": 1, "flops_before": 918154, "flops_after": 441154,
     "params_before": 28842, "params_after": 13892,

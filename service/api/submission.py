@@ -64,9 +64,11 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
     identity = ModelIdentity(**m.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
     try:
         space = PruningSpace(model, identity, round_to=spec.round_to, max_ratio=spec.max_ratio,
-                             keep_layers=spec.keep_layers)
-    except SpaceError as exc:
-        raise field_error(status.HTTP_400_BAD_REQUEST, ["keep_layers"], str(exc)) from exc
+                             keep_layers=spec.keep_layers, kinds=spec.dimensions, nm=spec.nm_pair)
+    except SpaceError as exc:  # unknown keep_layers, or no dimension of the asked kinds in this model
+        fld, _, msg = str(exc).partition(": ")
+        loc = ["keep_layers"] if fld == "keep_layers" else ["dimensions"]
+        raise field_error(status.HTTP_400_BAD_REQUEST, loc, msg) from exc
     _check_budget(spec, space)
 
 
@@ -89,7 +91,7 @@ def _check_budget(spec: JobSpec, space: PruningSpace) -> None:
     b = spec.budget
     if b.metric == "latency_ms":
         return  # only the device can say; the job reports it if no plan meets it
-    flops, params = space.cost(space.uniform(0.999))
+    flops, params = space.cost(space.smallest())
     smallest, base = (flops, space.flops) if b.metric == "flops" else (params, space.params)
     limit = b.target * base if b.relative else b.target
     if smallest > limit:

@@ -121,15 +121,18 @@ export function layerChannels(s) {
   };
 }
 
+const UNITS = { channel: "channels", head: "heads", block: "block", unstructured: "weights", nm: "of M" };
+
 export function groupRatios(s) {
   if (!s.plan) return { empty: "The chosen plan appears when the job succeeds." };
   const G = s.plan.groups;
+  const unit = (g) => UNITS[g.granularity ?? "channel"] ?? "units";
   return {
-    traces: [{ type: "bar", name: "channels removed", x: G.map((g) => g.name), y: G.map((g) => 100 * (g.effective_ratio ?? g.ratio)),
-      text: G.map((g) => `${g.kept}/${g.channels} kept`), marker: { color: COLORS.pruned },
+    traces: [{ type: "bar", name: "removed", x: G.map((g) => g.name), y: G.map((g) => 100 * (g.effective_ratio ?? g.ratio)),
+      text: G.map((g) => `${g.kept}/${g.channels} ${unit(g)} kept`), marker: { color: COLORS.pruned },
       hovertemplate: "%{x}: %{y:.1f}% removed (%{text})<extra></extra>" }],
-    layout: { xaxis: { title: { text: "group (channels pruned together)" }, tickangle: -30 },
-      yaxis: { title: { text: "channels removed (%)" }, range: [0, 100] }, showlegend: false },
+    layout: { xaxis: { title: { text: "dimension (channel group, heads, block or layer)" }, tickangle: -30 },
+      yaxis: { title: { text: "removed (%)" }, range: [0, 100] }, showlegend: false },
   };
 }
 

@@ -8,7 +8,7 @@ const PANELS = [
   ["latency", "Accuracy vs measured latency", (s) => C.tradeoff(s, "latency"), null],
   ["flops", "Accuracy vs FLOPs", (s) => C.tradeoff(s, "flops"), null],
   ["layers", "Chosen plan: channels per layer", C.layerChannels, null],
-  ["groups", "Chosen plan: pruning ratio per group", C.groupRatios, null],
+  ["groups", "Chosen plan: fraction removed per dimension", C.groupRatios, null],
   ["sensitivity", "Sensitivity per group", C.sensitivity, "sensitivity"],
   ["amc", "AMC reward per episode", C.amcRewards, "amc"],
   ["netadapt", "NetAdapt: accuracy and resource per iteration", C.netadapt, "netadapt"],

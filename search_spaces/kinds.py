@@ -1,0 +1,42 @@
+"""The kinds of dimension a space can hold and the rules for combining them.
+
+Kept free of torch so the job spec can check a request without importing the pruning stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SPACE_KINDS = ("channel", "block", "unstructured", "nm")
+SPARSE = ("unstructured", "nm")  # fine-grained: shapes stay, zeros are stored
+BINARY = ("block", "nm")  # a dimension that is either on or off
+# Fine-grained criteria; "l1" of a single weight is its magnitude, so the default criterion works for both.
+SPARSE_CRITERIA = {"l1": "magnitude", "magnitude": "magnitude", "wanda": "wanda", "obd": "obd"}
+WEIGHT_ONLY_CRITERIA = ("magnitude", "wanda", "obd")
+
+
+class KindError(ValueError):
+    """A combination of dimension kinds, criterion and budget that cannot work; the message starts
+    with the field to fix."""
+
+
+def check_kinds(kinds: Sequence[str], criterion: str, nm: tuple[int, int], budget_metric: str | None = None) -> None:
+    unknown = [k for k in kinds if k not in SPACE_KINDS]
+    if unknown or not kinds:
+        raise KindError(f"dimensions: unknown kind(s) {unknown}; available: {list(SPACE_KINDS)}")
+    sparse = [k for k in kinds if k in SPARSE]
+    if sparse and len(set(kinds)) > 1:
+        others = sorted(set(kinds) - {sparse[0]})
+        raise KindError(f"dimensions: {sparse[0]} cannot be combined with {others} (fine-grained zeros are chosen "
+                        "on a fixed structure)")
+    if sparse and criterion not in SPARSE_CRITERIA:
+        raise KindError(f"criterion: {criterion!r} ranks channels; {sparse[0]} dimensions take one of "
+                        f"{sorted(SPARSE_CRITERIA)}")
+    if not sparse and criterion in WEIGHT_ONLY_CRITERIA:
+        raise KindError(f"criterion: {criterion!r} ranks single weights; it needs unstructured or nm dimensions")
+    n, m = nm
+    if not 0 < n < m:
+        raise KindError(f"nm: need 0 < N < M, got {n}:{m}")
+    if sparse and budget_metric not in (None, "params"):
+        raise KindError(f"budget.metric: {sparse[0]} sparsity buys size, not {budget_metric} (dense kernels run the "
+                        "zeros); use params, which counts non-zero parameters here")
