@@ -139,7 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     space, source = base_space()
-    data = {"environment": environment(), "model": "resnet20 28x28x1", "weights": source,
+    data: dict[str, Any] = {"environment": environment(), "model": "resnet20 28x28x1", "weights": source,
             "fidelity": fidelity_rows(space, args.seconds),
             "lookup_table": lut_rows(space, args.seconds, Path(args.lut_cache)),
             "noise": noise_rows(space, args.noise_repeats),
