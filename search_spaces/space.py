@@ -227,6 +227,11 @@ class PruningSpace:
         self._weight_scores: dict[str, torch.Tensor] | None = None
 
     @property
+    def weight_criterion(self) -> str:
+        """The criterion ranking single weights in a fine-grained space (l1 is magnitude)."""
+        return SPARSE_CRITERIA[self.criterion]
+
+    @property
     def sparse(self) -> bool:
         """Fine-grained dimensions: the model keeps its shapes and stores zeros."""
         return any(k in SPARSE for k in self.kinds)
@@ -291,7 +296,7 @@ class PruningSpace:
             weights = module.weight.numel()
             # Wanda compares weights within each output row: keep whole rows' worth so every row loses
             # the same count and the plan's count is exact.
-            unit = module.weight.shape[0] if SPARSE_CRITERIA[self.criterion] == "wanda" else 1
+            unit = module.weight.shape[0] if self.weight_criterion == "wanda" else 1
             min_kept = math.ceil(max(1, math.ceil(weights * (1 - max_ratio))) / unit) * unit
             dims.append(Dimension(layer.name, weights, min_kept, unit, (layer.name,), (), layer, "unstructured"))
         return dims
@@ -408,7 +413,7 @@ class PruningSpace:
         if d.granularity == "nm":
             return sparsity.nm_mask(scores, *self.nm)
         return sparsity.unstructured_mask(scores, 1 - kept / d.channels,
-                                          per_output=SPARSE_CRITERIA[self.criterion] == "wanda")
+                                          per_output=self.weight_criterion == "wanda")
 
     def _zeroed(self, name: str, kept: int) -> int:
         """Non-zero base weights a dimension's mask removes (cached: searches ask for the same counts
@@ -424,7 +429,7 @@ class PruningSpace:
         if self._weight_scores is None:
             model = copy.deepcopy(self.base)
             self._weight_scores = sparsity.weight_scores(model, [d.name for d in self.dimensions],
-                                                         SPARSE_CRITERIA[self.criterion], self._calibration)
+                                                         self.weight_criterion, self._calibration)
         return self._weight_scores
 
     def importance_scores(self) -> dict[str, torch.Tensor]:

@@ -16,8 +16,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from search_spaces.criteria import Batches
+from search_spaces.kinds import WEIGHT_ONLY_CRITERIA
 
-SPARSE_CRITERIA: tuple[str, ...] = ("magnitude", "wanda", "obd")
+SPARSE_CRITERIA = WEIGHT_ONLY_CRITERIA  # the criteria that rank single weights (kinds.py: torch-free)
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight dim 0 is the output (not ConvTranspose)
 _OBD_CHUNK_ELEMENTS = 1 << 25  # per-sample gradients held at once (x4 bytes for fp32): bounds OBD memory
 

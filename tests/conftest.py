@@ -21,6 +21,17 @@ from search_spaces.zoo import build_model
 from service.store.engine import redact
 from tests.live_server import Server, started, stop
 
+# Small searches for the agent suites: every strategy with settings that finish in seconds.
+FAST_STRATEGIES: dict[str, dict[str, Any]] = {
+    "uniform": {"steps": 5},
+    "global": {"steps": 5},
+    "sensitivity": {"ratios": [0.3, 0.6], "threshold_steps": 8},
+    "netadapt": {"initial_fraction": 0.25, "decay": 1.0, "short_steps": 2, "max_iterations": 6},
+    "amc": {"episodes": 6, "warmup_episodes": 3, "batch_size": 8},
+    "optuna": {"trials": 8, "parallel": 2},
+}
+
+
 PG_URL = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

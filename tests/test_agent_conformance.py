@@ -19,16 +19,9 @@ from agents.registry import AGENTS, make_agent
 from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
+from tests.conftest import FAST_STRATEGIES as FAST
 from tests.conftest import make_space, synthetic_splits
 
-FAST: dict[str, dict[str, Any]] = {
-    "uniform": {"steps": 5},
-    "global": {"steps": 5},
-    "sensitivity": {"ratios": [0.3, 0.6], "threshold_steps": 8},
-    "netadapt": {"initial_fraction": 0.25, "decay": 1.0, "short_steps": 2, "max_iterations": 6},
-    "amc": {"episodes": 6, "warmup_episodes": 3, "batch_size": 8},
-    "optuna": {"trials": 8, "parallel": 2},
-}
 MAX_EVALUATIONS = 200
 
 
