@@ -90,6 +90,16 @@ class SearchContext:
             raise ValueError("no latency lookup table in this search context")
         return self.lut.ratio(self.space.kept_for(ratios))
 
+    def record(self, results: Sequence[Evaluation]) -> None:
+        """Every plan timed on the device calibrates the lookup table (`LatencyTable.observe`). Called by
+        the driver before the agent observes the results, and by a replay in the same order, so a
+        resumed search predicts exactly what the original did."""
+        if self.lut is None:
+            return
+        for e in results:
+            if e.latency_source == "measured" and e.latency_ratio is not None:
+                self.lut.observe(self.space.kept_for(e.candidate.ratios), e.latency_ratio)
+
     def resource_ratio(self, ratios: Mapping[str, float]) -> float:
         """The budget's resource for a plan relative to the base: exact for FLOPs/params, LUT for latency."""
         if self.budget.metric == "latency_ms":
@@ -167,6 +177,7 @@ class Agent(abc.ABC):
                     results.append(replace(rec, candidate=cand))
                 if not results:
                     raise ResumeMismatchError(f"{self.name} finished before replaying its {len(history)} evaluations")
+                self.ctx.record(results)
                 self.observe(results)
                 done += len(results)
         finally:

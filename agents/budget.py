@@ -39,6 +39,16 @@ class Budget:
         within = latency_ci_high <= self.target_ratio * (1 + self.tolerance)
         return within and (latency_ratio is None or latency_ratio <= self.target_ratio)
 
+    def verdict(self, flops: int, params: int, latency_ci_high: float | None = None,
+                latency_ratio: float | None = None) -> str:
+        """`met` (the rule above), `within_tolerance` (the median is over the target by less than the
+        tolerance: noise can explain it, but the user is told), or `missed`."""
+        if self.met(flops, params, latency_ci_high, latency_ratio):
+            return "met"
+        if self.measured and latency_ratio is not None and latency_ratio <= self.target_ratio * (1 + self.tolerance):
+            return "within_tolerance"
+        return "missed"
+
     def describe(self) -> dict[str, float | str]:
         return {"metric": self.metric, "limit": self.limit, "base": self.base,
                 "target_ratio": self.target_ratio, "tolerance": self.tolerance}

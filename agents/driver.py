@@ -31,12 +31,15 @@ def run_search(agent: Agent, evaluate: EvaluateFn, emit: Emit,
     history: list[Evaluation] = []
     if resume is not None:
         history = [Evaluation.from_record(r) for r in resume["history"]]
+        if not agent.resumes_by_replay:  # a replay re-records as it goes
+            agent.ctx.record(history)
         agent.load_state_dict(resume["agent"], history)
         emit({"type": "resumed", "evaluations": len(history)})
     planned = agent.planned_evaluations()
     while candidates := agent.suggest():
         results = evaluate(candidates)
         history.extend(results)
+        agent.ctx.record(results)
         agent.observe(results)
         best = agent.best()
         for r in results:

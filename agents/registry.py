@@ -14,6 +14,7 @@ AGENTS: dict[str, str] = {
     "netadapt": "agents.netadapt:NetAdaptAgent",
     "amc": "agents.amc:AMCAgent",
     "optuna": "agents.optuna_search:OptunaAgent",
+    "halp": "agents.halp:HALPAgent",
 }
 
 

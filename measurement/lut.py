@@ -4,6 +4,16 @@ Each prunable layer is timed alone (conv + BN + ReLU, or linear) on the target d
 of input/output channel counts; a plan's latency is the sum of its layers, interpolated on that
 grid, plus a constant for everything else (pooling, adds, framework overhead) fitted so the base
 model's prediction equals its measured latency. Tables are cached on disk per device setting.
+
+The grid is about 16 round channel counts per axis (multiples of a power of two): latency is a
+staircase in the channel count (kernels switch at certain widths), so strategies that allocate on
+the table (`steps`) choose kept counts on measured points rather than between them.
+
+Layers timed alone do not add up to the whole network exactly (caches, per-operator overhead that
+does not shrink with the channels): a table off by 10% near a budget steers every table-driven
+search. So the table also learns from every whole plan the job times on the device (`observe`):
+predicted savings are scaled by the least-squares factor between predicted and measured savings
+(1 - ratio), a correction that is exact at the base and fitted where the search makes decisions.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -20,14 +31,21 @@ from torch import nn
 from measurement.latency import LatencyMeter
 from search_spaces.space import LayerInfo, PruningSpace
 
-GRID_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+GRID_POINTS = 16  # per channel axis
+SCALE_BOUNDS = (0.25, 4.0)  # a fitted savings scale outside this says the pairs are noise, not a model error
 ProgressFn = Callable[[int, int], None]
+
+
+def grid_step(channels: int) -> int:
+    """The grid's spacing: the smallest power of two that gives at most GRID_POINTS points."""
+    return 1 << max(0, math.ceil(math.log2(max(1, channels) / GRID_POINTS)))
 
 
 def _grid(channels: int, prunable: bool) -> list[int]:
     if not prunable:
         return [channels]
-    return sorted({max(1, round(f * channels)) for f in GRID_FRACTIONS})
+    step = grid_step(channels)
+    return sorted({*range(step, channels + 1, step), channels})
 
 
 def layer_module(info: LayerInfo, cin: int, cout: int) -> tuple[nn.Module, torch.Size]:
@@ -47,6 +65,8 @@ class LatencyTable:
         self.cache_path = Path(cache_dir) / f"{self._device_key()}.json" if cache_dir else None
         self.entries: dict[str, dict[str, float]] = self._load()
         self.overhead_ms = 0.0
+        self.observed: list[tuple[float, float]] = []  # (table's raw ratio, measured ratio) of whole plans
+        self.scale = 1.0  # measured savings / predicted savings, fitted on `observed`
         if space.sparse:
             raise ValueError("a latency lookup table models channel and depth plans; fine-grained zeros run "
                              "at dense speed")
@@ -125,14 +145,38 @@ class LatencyTable:
     def _unpruned(self) -> dict[str, int]:
         return self.space.kept_for({})
 
-    def ratio(self, kept: Mapping[str, int]) -> float:
-        """Predicted latency of a plan relative to the unpruned model."""
+    def raw_ratio(self, kept: Mapping[str, int]) -> float:
+        """The layers' sum relative to the unpruned model, before any whole-plan correction."""
         return self.predict(kept) / self.predict(self._unpruned())
+
+    def ratio(self, kept: Mapping[str, int]) -> float:
+        """Predicted latency of a plan relative to the unpruned model, corrected by the plans timed so far."""
+        return 1 - self.scale * (1 - self.raw_ratio(kept))
+
+    def observe(self, kept: Mapping[str, int], measured_ratio: float) -> None:
+        """Learn from one whole plan timed on the device (see the module docstring)."""
+        self.observed.append((self.raw_ratio(kept), measured_ratio))
+        self.scale = fit_scale(self.observed)
+
+    def steps(self, dim_channels: int, min_kept: int, round_to: int) -> list[int]:
+        """Kept counts on the table's grid for a dimension of `dim_channels` units (ascending): the widths
+        whose latency was measured, so an allocation on them never falls between two points of a step."""
+        points = {c for c in _grid(dim_channels, True) if c >= min_kept and c % round_to == 0}
+        return sorted(points | {dim_channels})
 
     def calibrate(self, base_ms: float) -> None:
         """Fit the constant term so the unpruned model predicts its measured latency."""
         self.overhead_ms = 0.0
         self.overhead_ms = base_ms - self.predict(self._unpruned())
+
+
+def fit_scale(pairs: list[tuple[float, float]]) -> float:
+    """Least-squares factor s in (1 - measured) = s * (1 - predicted); 1 without informative pairs."""
+    den = sum((1 - p) ** 2 for p, _ in pairs)
+    if den < 1e-6:
+        return 1.0
+    s = sum((1 - p) * (1 - m) for p, m in pairs) / den
+    return min(max(s, SCALE_BOUNDS[0]), SCALE_BOUNDS[1])
 
 
 def _interp1(xs: list[int], ys: list[float], x: float) -> float:

@@ -50,14 +50,35 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a teacher (the unpruned base): the student also matches the teacher's
+    softened outputs, the standard way to recover accuracy after pruning (Hinton et al. 2015; ModelOpt's
+    prune + distill). loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy."""
+
+    teacher: nn.Module
+    temperature: float = 4.0
+    alpha: float = 0.9
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.teacher(x)
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(target / t, dim=1), log_target=True,
+                        reduction="batchmean") * t * t
+        return self.alpha * soft + (1 - self.alpha) * F.cross_entropy(logits, y)
+
+
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
 
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig, augment: Augment | None = None,
-          progress: ProgressFn | None = None) -> float:
+          progress: ProgressFn | None = None, distill: Distillation | None = None) -> float:
     """Run `cfg.steps` SGD steps over reshuffled epochs of `data`; returns the mean loss of the last 50 steps."""
     if cfg.steps <= 0:
         return float("nan")
+    if distill is not None:
+        distill.teacher.eval()
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
@@ -70,7 +91,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, augment: Augment | No
                 continue  # BatchNorm cannot train on a single sample
             if augment is not None:
                 x = augment(x, g)
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = distill.loss(logits, x, y) if distill is not None else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -98,8 +120,8 @@ def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_sc
 
 
 def fit(model: nn.Module, data: Split, dataset: str, epochs: float, lr: float, batch_size: int, seed: int,
-        schedule: str = "onecycle", progress: ProgressFn | None = None) -> float:
+        schedule: str = "onecycle", progress: ProgressFn | None = None, distill: Distillation | None = None) -> float:
     """Epoch-based training with the dataset's default augmentation (baseline training and final fine-tunes)."""
     steps = epochs_to_steps(epochs, len(data), batch_size)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, schedule=schedule, seed=seed)
-    return train(model, data, cfg, default_augment(dataset, int(data.x.shape[-1])), progress)
+    return train(model, data, cfg, default_augment(dataset, int(data.x.shape[-1])), progress, distill)

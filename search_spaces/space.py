@@ -232,6 +232,11 @@ class PruningSpace:
         return SPARSE_CRITERIA[self.criterion]
 
     @property
+    def has_calibration(self) -> bool:
+        """Training batches were given, for data-driven criteria and importances."""
+        return bool(self._calibration)
+
+    @property
     def sparse(self) -> bool:
         """Fine-grained dimensions: the model keeps its shapes and stores zeros."""
         return any(k in SPARSE for k in self.kinds)
@@ -457,6 +462,43 @@ class PruningSpace:
                     scores[dim.name] = s.detach().float()
             self._scores = scores
         return self._scores
+
+    def unit_importance(self, kind: str = "taylor") -> dict[str, torch.Tensor]:
+        """Per-unit importance of every channel and head dimension on the base model, *not* normalised
+        within the group, so units of different groups compare (a channel of a residual stage spans more
+        layers and counts more): what an allocation across groups needs (HALP). `taylor`: first-order
+        loss change |w * dL/dw| summed over the group's parameters on the calibration batches (Molchanov
+        2019; needs them); `magnitude`: |w| summed the same way. Heads: the head's weight magnitude."""
+        model = copy.deepcopy(self.base)
+        if kind == "taylor":
+            if not self._calibration:
+                raise SpaceError("taylor importance needs calibration batches")
+            imp: tp.importance.Importance = tp.importance.GroupTaylorImportance(group_reduction="sum",
+                                                                               normalizer=None)
+            model.eval()
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                for x, y in self._calibration:
+                    torch.nn.functional.cross_entropy(model(x), y).backward()
+        elif kind == "magnitude":
+            imp = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None)
+        else:
+            raise SpaceError(f"unknown unit importance {kind!r}; use taylor or magnitude")
+        names, modules = self._names(model), dict(model.named_modules())
+        scores: dict[str, torch.Tensor] = {}
+        for root, group in self._groups(model)[1]:
+            dim = self._by_root.get(names[root])
+            if dim is None:
+                continue
+            if dim.granularity == "head":
+                qkv = modules[dim.members[0]]
+                assert isinstance(qkv, nn.Linear)
+                s = _head_scores(modules, dim) * qkv.weight.detach().abs().mean()
+            else:
+                s = imp(group)
+            if s is not None:
+                scores[dim.name] = s.detach().float().clamp_min(0)
+        return scores
 
     def count(self, model: nn.Module) -> tuple[int, int]:
         """(MACs, params) of a model from this space; params are the non-zero ones in a sparse space,

@@ -1,6 +1,7 @@
 """`prunesearch` command line: train a baseline, run a job in-process, evaluate an artifact folder.
 
-Usage errors exit 2 with a message naming the bad argument or field; failures at run time exit 1.
+Usage errors exit 2 with a message naming the bad argument or field; failures at run time exit 1;
+`run` exits 3 when the returned model misses its budget when re-timed (see EXIT_BUDGET_MISSED).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import structlog
 import torch
 
 from agents.budget import BudgetUnreachableError
-from measurement.latency import LatencyMeter
 from measurement.runtimes import RuntimeUnavailableError
 from search_spaces.criteria import UnknownCriterionError
 from search_spaces.datasets import DatasetError, load_dataset
@@ -34,6 +34,7 @@ from service.spec import DatasetSpec, ModelSpec, SpecError
 
 log = structlog.get_logger()
 
+EXIT_BUDGET_MISSED = 3  # `run` finished, but the returned model misses its latency budget beyond the tolerance
 USAGE_ERRORS = (SpecError, UnknownModelError, DatasetError, WeightsError, SpaceError, PlanMismatchError,
                 UnknownCriterionError, BudgetUnreachableError, RuntimeUnavailableError)
 
@@ -90,49 +91,84 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_job(spec, args.out, emit=EventBars(enabled=not args.quiet), settings=settings)
     print(summary_table(result.report))
     print(f"artifacts: {result.out_dir}")
-    return 0
+    return EXIT_BUDGET_MISSED if result.report.get("budget_verdict") == "missed" else 0
+
+
+VERDICTS = {"met": "met", "within_tolerance": "met within tolerance (median over the target by less than the "
+            "tolerance)", "missed": "MISSED"}
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """Base vs pruned, one metric a row."""
+    """Base vs pruned, one metric a row; the latency row and verdict come from one interleaved measurement."""
     base, pruned, ratios = report["base"], report["pruned"], report["ratios"]
     rows = [("val accuracy", f"{base['val_acc']:.4f}", f"{pruned['val_acc']:.4f}", ""),
             ("test accuracy", f"{base['test_acc']:.4f}", f"{pruned['test_acc']:.4f}", "")]
     if "test_acc_ft" in pruned:
-        rows.append(("test acc (fine-tuned)", "", f"{pruned['test_acc_ft']:.4f}", ""))
+        rows.append(("test acc (fine-tuned)", f"{base['test_acc']:.4f}", f"{pruned['test_acc_ft']:.4f}", ""))
     rows += [("MACs", f"{base['flops']:,}", f"{pruned['flops']:,}", f"{ratios['flops']:.3f}"),
-             ("params", f"{base['params']:,}", f"{pruned['params']:,}", f"{ratios['params']:.3f}"),
-             ("latency ms (median)", f"{base['latency']['median_ms']:.3f}", f"{pruned['latency_ms']:.3f}",
-              f"{ratios['latency']:.3f} [{ratios['latency_ci'][0]:.3f}, {ratios['latency_ci'][1]:.3f}]")]
+             ("params", f"{base['params']:,}", f"{pruned['params']:,}", f"{ratios['params']:.3f}")]
+    lat = report.get("latency")
+    if lat:
+        rows.append(("latency ms (median, p10-p90)",
+                     f"{lat['base_ms']:.3f} ({lat['base']['p10_ms']:.3f}-{lat['base']['p90_ms']:.3f})",
+                     f"{lat['pruned_ms']:.3f} ({lat['pruned']['p10_ms']:.3f}-{lat['pruned']['p90_ms']:.3f})",
+                     f"{lat['ratio']:.3f} [{lat['ci'][0]:.3f}, {lat['ci'][1]:.3f}]"))
     widths = [max(len(r[i]) for r in [*rows, ("metric", "base", "pruned", "ratio")]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "base", "pruned", "ratio"), widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    met = "met" if report["budget_met"] else "NOT met"
-    lines.append(f"budget {report['budget']['metric']} <= {report['budget']['target_ratio']:.3f} x base: {met}")
+    if lat:
+        lines.append(f"latency: {lat['pairs']} interleaved pairs in a fresh process; the ratio is the median of the "
+                     f"per-pair ratios, {int(lat['confidence'] * 100)}% CI in brackets")
+    b = report["budget"]
+    verdict = report.get("budget_verdict", "met" if report["budget_met"] else "missed")
+    limit = f"<= {b['target_ratio']:.3f} x base"
+    if b["metric"] == "latency_ms":
+        limit += f" (tolerance {b['tolerance']:.0%} on the CI's upper end)"
+    lines.append(f"budget {b['metric']} {limit}: {VERDICTS.get(verdict, verdict)}")
+    if sel := report.get("selected"):
+        lines.append(f"returned plan: from {sel['source']} (best of {sel['contenders']} measured plans by "
+                     "validation accuracy)")
     return "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-check an artifact folder on this machine: accuracy, and latency against the base re-timed here."""
+    from agents.budget import Budget
     from measurement.accuracy import accuracy
+    from measurement.retime import compare_artifact
     from search_spaces.artifacts import load_pruned
     from service.pipeline import load_data, meter_settings
     from service.spec import load_spec
 
     folder = Path(args.dir)
     spec = load_spec(folder / "job.json")
-    model, plan = load_pruned(folder)
+    factories = Settings().model_factories
+    model, plan = load_pruned(folder, factories)
     data = load_data(spec)
-    meter = LatencyMeter(meter_settings(spec))
-    example = meter.example(plan.model.in_channels, plan.model.input_size)
-    stats = meter.measure(model, example, repeats=args.repeats)
+    settings = meter_settings(spec)
+    stats = compare_artifact(folder, settings, factories, max_seconds=args.max_seconds)
     report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    budget_info = report.get("budget", {})
+    verdict = None
+    if budget_info.get("metric") == "latency_ms":
+        budget = Budget("latency_ms", float(budget_info["limit"]), float(budget_info["base"]),
+                        float(budget_info.get("tolerance", 0.03)))
+        verdict = budget.verdict(plan.flops_after, plan.params_after, stats.ci_high, stats.ratio)
+    pruned = report.get("pruned", {})
     out = {
         "dir": str(folder), "fingerprint": plan.fingerprint,
-        "test_acc": accuracy(model, data.test), "val_acc": accuracy(model, data.val),
-        "latency": asdict(stats), "flops": plan.flops_after, "params": plan.params_after,
-        "reported": {"test_acc": report.get("pruned", {}).get("test_acc_ft", report.get("pruned", {}).get("test_acc")),
-                     "latency_ms": report.get("pruned", {}).get("latency_ms")},
-        "measurement": meter.settings.describe(),
+        # the saved weights are the fine-tuned ones when the job fine-tuned: name them as report.json does
+        ("test_acc_ft" if "test_acc_ft" in pruned else "test_acc"): accuracy(model, data.test),
+        ("val_acc_ft" if "val_acc_ft" in pruned else "val_acc"): accuracy(model, data.val),
+        "latency": {"base_ms": stats.base.median_ms, "pruned_ms": stats.candidate.median_ms, "ratio": stats.ratio,
+                    "ci": [stats.ci_low, stats.ci_high], "pairs": stats.pairs, "converged": stats.converged,
+                    "base": asdict(stats.base), "pruned": asdict(stats.candidate)},
+        "budget_verdict_here": verdict,
+        "flops": plan.flops_after, "params": plan.params_after,
+        "reported": {"test_acc_ft": pruned.get("test_acc_ft"), "test_acc": pruned.get("test_acc"),
+                     "latency_ratio": report.get("ratios", {}).get("latency"),
+                     "budget_verdict": report.get("budget_verdict")},
+        "measurement": settings.describe(),
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -257,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="rebuild a pruned model from DIR and re-measure it here")
     evaluate.add_argument("dir")
-    evaluate.add_argument("--repeats", type=int, default=30)
+    evaluate.add_argument("--max-seconds", type=float, default=30.0,
+                          help="time cap of the interleaved base/pruned measurement")
     evaluate.set_defaults(func=cmd_evaluate)
 
     serve = sub.add_parser("serve", help="run the job server (REST API, job runner)")

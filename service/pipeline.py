@@ -6,8 +6,10 @@ server (later) persists and streams them. Test data is touched only after the pl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +21,8 @@ import structlog
 import torch
 from torch import nn
 
-from agents.base import Emit, ResumeMismatchError, SearchContext
+from agents import selection
+from agents.base import Emit, Evaluation, ResumeMismatchError, SearchContext
 from agents.budget import Budget, BudgetUnreachableError
 from agents.driver import Checkpoint, EvaluateFn, run_search
 from agents.registry import make_agent
@@ -27,8 +30,9 @@ from measurement.accuracy import accuracy, recalibrate_batchnorm
 from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, RatioStats
 from measurement.lut import LatencyTable
-from measurement.training import fit
-from search_spaces.artifacts import ONNX_FILE, export_onnx, save_pruned
+from measurement.retime import retime_files
+from measurement.training import Distillation, fit
+from search_spaces.artifacts import ONNX_FILE, PLAN_FILE, WEIGHTS_FILE, export_onnx, save_pruned
 from search_spaces.datasets import DataSplits, load_dataset
 from search_spaces.plan import ModelIdentity, Plan
 from search_spaces.space import PruningSpace
@@ -157,17 +161,20 @@ def timing_place(spec: JobSpec, settings: Settings, meter: LatencyMeter) -> Time
     return lambda fn, *args: time_on_device(fn, meter.settings, spec.device.node, *args)
 
 
+MAX_BASE_CV = 0.10  # a base timing noisier than this is taken again before it sets the budget
+BASE_TRIES = 3
+
+
 def measure_base(meter: LatencyMeter, model: nn.Module, example: torch.Tensor, repeats: int) -> LatencyStats:
-    return meter.measure(model, example, repeats=repeats)
+    """The base latency that sets an absolute budget: re-taken while its spread says the machine was busy."""
+    tries = [meter.measure(model, example, repeats=repeats)]
+    while tries[-1].cv > MAX_BASE_CV and len(tries) < BASE_TRIES:
+        tries.append(meter.measure(model, example, repeats=repeats))
+    return min(tries, key=lambda t: t.cv)
 
 
 def lookup_table(meter: LatencyMeter, space: PruningSpace, base_ms: float, cache_dir: Path) -> LatencyTable:
     return build_lut(space, meter, base_ms, cache_dir, lambda event: None)
-
-
-def compare_final(meter: LatencyMeter, pruned: nn.Module, base: nn.Module, example: torch.Tensor,
-                  max_seconds: float) -> RatioStats:
-    return meter.compare(pruned, base, example, max_seconds=max_seconds)
 
 
 def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data: DataSplits, budget: Budget,
@@ -182,31 +189,58 @@ def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data:
                         spec.execution.accuracy_workers, node=spec.device.node)
 
 
-def baselines(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, skip: str = "", steps: int = 10
-              ) -> list[dict[str, Any]]:
-    """Uniform and global plans bisected to the budget on the cheap resource (exact cost, or the lookup
-    table for latency), then evaluated like any candidate, so a search's plans can be judged against them."""
-    from agents.base import Candidate
-    from agents.bisection import global_ranking
+def baseline_cache(spec: JobSpec, space: PruningSpace, meter: LatencyMeter, cache_dir: Path) -> Path:
+    """Where the baselines found for this model, device and budget are kept, so that every such job
+    compares with the same plans."""
+    desc = meter.settings.describe()
+    key = {"fingerprint": space.fingerprint, "budget": spec.budget.model_dump(), "criterion": spec.criterion,
+           "round_to": spec.round_to, "max_ratio": spec.max_ratio, "keep_layers": spec.keep_layers,
+           "dimensions": spec.dimensions,
+           "device": {k: desc[k] for k in ("device", "threads", "batch_size", "runtime", "cpu", "torch", "cores")}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return cache_dir / "baselines" / f"{digest}.json"
 
-    knobs: dict[str, Callable[[float], dict[str, float]]] = {"uniform": ctx.space.uniform}
-    if skip != "global" and ctx.space.importance_scores():
-        knobs["global"] = global_ranking(ctx.space)
-    knobs.pop(skip, None)  # a baseline strategy's own plan is already its baseline
-    target = ctx.budget.target_ratio
-    points = []
-    for n, (name, knob) in enumerate(knobs.items(), 1):
-        lo, hi = 0.0, max(d.max_ratio for d in ctx.space.dimensions)
-        if ctx.resource_ratio(knob(hi)) > target:
-            continue
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if ctx.resource_ratio(knob(mid)) <= target else (mid, hi)
-        (result,) = evaluate([Candidate(-n, knob(hi), tag={"baseline": name, "knob": hi})])
-        point = {"name": name, "knob": hi, **result.record()}
-        emit({"type": "baseline", **point})
-        points.append(point)
-    return points
+
+def find_baselines(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, skip: str, cache: Path
+                   ) -> dict[str, Evaluation]:
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    found = selection.baselines(ctx, evaluate, emit, skip=skip, cached=cached)
+    plans = {**cached, **{name: dict(e.candidate.ratios) for name, e in found.items() if e.meets_budget}}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plans))
+    tmp.replace(cache)
+    return found
+
+
+def artifact_files(space: PruningSpace, ratios: Mapping[str, float]) -> dict[str, bytes]:
+    """The plan and weights a fresh process rebuilds a candidate from."""
+    pruned = space.apply(ratios)
+    if space.sparse:
+        make_permanent(pruned)
+    with tempfile.TemporaryDirectory(prefix="prunesearch-plan-") as tmp:
+        save_pruned(tmp, pruned, space.plan(ratios, pruned))
+        return {name: (Path(tmp) / name).read_bytes() for name in (PLAN_FILE, WEIGHTS_FILE)}
+
+
+def fresh_timer(space: PruningSpace, settings: Settings, time_on: TimeFn, max_seconds: float
+                ) -> Callable[[Evaluation], RatioStats]:
+    def retime(e: Evaluation) -> RatioStats:
+        stats, _ = time_on(retime_files, artifact_files(space, e.candidate.ratios), settings.model_factories,
+                           max_seconds)
+        return stats
+    return retime
+
+
+def latency_account(final: RatioStats, budget: Budget, verdict: str) -> dict[str, Any]:
+    """Every latency a user sees, from one interleaved measurement: base and pruned medians with their
+    spread, the ratio with its CI, the verdict, and the settings it was taken with."""
+    return {"base_ms": final.base.median_ms, "pruned_ms": final.candidate.median_ms,
+            "base": asdict(final.base), "pruned": asdict(final.candidate),
+            "ratio": final.ratio, "ci": [final.ci_low, final.ci_high], "confidence": final.confidence,
+            "pairs": final.pairs, "converged": final.converged, "target_ratio": budget.target_ratio
+            if budget.measured else None, "tolerance": budget.tolerance if budget.measured else None,
+            "verdict": verdict, "fresh_process": True, "settings": final.settings}
 
 
 def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settings: Settings | None = None,
@@ -268,13 +302,18 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
                 agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
                 outcome = run_search(agent, evaluator, emit, checkpoint=save_state)
             with phases("baselines"):
-                baseline_points = baselines(ctx, evaluator, emit, skip=agent.name)
+                found = find_baselines(ctx, evaluator, emit, agent.name,
+                                       baseline_cache(spec, space, meter, settings.lut_cache_dir))
+                ranked = selection.contenders(outcome.history, outcome.best, found, evaluator, budget)
         finally:
             if hasattr(evaluator, "shutdown"):
                 evaluator.shutdown()
-    if outcome.best is None:
-        raise BudgetUnreachableError(f"budget.target: no plan found by {agent.name} meets {budget.describe()}")
-    ratios = dict(outcome.best.candidate.ratios)
+    retime = fresh_timer(space, settings, time_on, max(2 * spec.measurement.max_seconds, 10.0))
+    with phases("final_latency"):
+        choice = selection.choose(ranked, budget, retime, emit)
+        final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
+    chosen = choice.contender.evaluation
+    ratios = dict(chosen.candidate.ratios)
 
     with phases("final_model"):
         pruned = space.apply(ratios)
@@ -283,16 +322,16 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
                                   spec.seed)
         pruned_acc = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
                       "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
-        if spec.finetune.final_epochs > 0:
-            fit(pruned, data.train, data.name, spec.finetune.final_epochs, spec.finetune.effective_lr,
-                spec.finetune.batch_size, spec.seed, schedule="cosine", progress=step_progress(emit, "final_model"))
+        ft = spec.finetune
+        if ft.final_epochs > 0:
+            teacher = Distillation(model, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
+            fit(pruned, data.train, data.name, ft.final_epochs, ft.effective_lr, ft.batch_size, spec.seed,
+                schedule="cosine", progress=step_progress(emit, "final_model"), distill=teacher)
             pruned_acc |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
                            "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
         if space.sparse:
             make_permanent(pruned)  # fold the masks in: the saved weights hold the zeros
         pruned.eval()
-    with phases("final_latency"):
-        final, _ = time_on(compare_final, pruned, model, example, max(2 * spec.measurement.max_seconds, 10.0))
     flops, params_count = space.count(pruned)
     plan = space.plan(ratios, pruned)
     base_acc = {"val_acc": accuracy(model, data.val, recipe.batch_size),
@@ -302,27 +341,38 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         onnx_note = export_onnx(pruned, example[:1], out / ONNX_FILE)
         agent_files = agent.save(out)
         (out / "agent.json").write_text(json.dumps(agent.summary(), indent=1, default=float) + "\n")
+    verdict = budget.verdict(flops, params_count, final.ci_high, final.ratio)
     report: dict[str, Any] = {
         "job": spec.name, "strategy": agent.name, "criterion": spec.criterion,
         "budget": budget.describe(),
-        "budget_met": budget.met(flops, params_count, final.ci_high, final.ratio),
-        "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(base_latency)},
+        "budget_met": verdict == "met",
+        "budget_verdict": verdict,
+        "selected": {"source": choice.contender.source, "candidate_id": chosen.candidate.id,
+                     "val_acc_search": chosen.val_acc, "search_latency_ratio": chosen.latency_ratio,
+                     "agent_choice": outcome.best.candidate.id if outcome.best else None,
+                     "contenders": len(ranked), "retimes": choice.attempts},
+        "latency": latency_account(final, budget, verdict),
+        "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(final.base),
+                 "latency_budget_phase": asdict(base_latency)},
         "pruned": {**pruned_acc, "flops": flops, "params": params_count,
-                   "latency_ms": final.ratio * final.base.median_ms,
-                   "latency": asdict(final.candidate)},
+                   "latency_ms": final.candidate.median_ms, "latency": asdict(final.candidate)},
+        "teacher": {"test_acc": base_acc["test_acc"], "distilled": bool(ft.final_epochs > 0 and ft.distill),
+                    "temperature": ft.distill_temperature, "alpha": ft.distill_alpha},
         "ratios": {"flops": flops / space.flops, "params": params_count / space.params,
                    "latency": final.ratio, "latency_ci": [final.ci_low, final.ci_high],
                    "latency_converged": final.converged, "latency_pairs": final.pairs},
-        "measurement": {**meter.settings.describe(), "timed_on": timed_on},
+        "measurement": {**meter.settings.describe(), "timed_on": timed_on, "final": "fresh process"},
         "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3),
                    "backend": spec.execution.backend, "agent_files": agent_files},
         "lookup_table": ({"predicted_latency_ratio": (predicted := lut.ratio(space.kept_for(ratios))),
+                          "raw_predicted_latency_ratio": lut.raw_ratio(space.kept_for(ratios)),
                           "error_vs_measured": predicted / final.ratio - 1,
+                          "plan_calibration": {"scale": lut.scale, "pairs": len(lut.observed)},
                           "overhead_ms": lut.overhead_ms,
                           "layers_ms": {"base": lut.breakdown(space.kept_for({})),
                                         "pruned": lut.breakdown(space.kept_for(ratios))}}
                          if lut is not None else None),
-        "baselines": baseline_points,
+        "baselines": [{"name": name, "knob": e.candidate.tag.get("knob"), **e.record()} for name, e in found.items()],
         "phases_seconds": phases.seconds,
         "data": data.sizes(),
         "onnx": onnx_note or "exported",

@@ -6,6 +6,7 @@ Every model forbids unknown fields so a typo is an error naming the field, not a
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -108,7 +109,10 @@ class EvaluationSpec(Strict):
 
 class FinetuneSpec(Strict):
     short_steps: int = Field(0, ge=0, le=100_000, description="SGD steps after pruning, per candidate")
-    final_epochs: float = Field(0, ge=0, le=1000, description="fine-tune epochs of the returned model")
+    final_epochs: float = Field(0, ge=0, le=1000, description="fine-tune epochs of the returned model (cosine LR)")
+    distill: bool = Field(True, description="final fine-tune distils from the unpruned base model as teacher")
+    distill_temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of the distillation")
+    distill_alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term (rest: labels)")
     base_lr: float = Field(0.1, gt=0, le=10, description="the learning rate the base model was trained with")
     lr: float | None = Field(None, gt=0, le=10, description="fine-tune LR; default base_lr / 10")
     batch_size: int = Field(128, ge=1, le=8192)
@@ -193,10 +197,35 @@ class OptunaStrategy(Strict):
                                   "previous scheduled run's best; groups the model lacks are ignored")
 
 
+class HALPStrategy(Strict):
+    """Latency-aware resource allocation (HALP, NVIDIA 2022): channel importance against its lookup-table
+    latency cost, allocated greedily as a knapsack under the budget, confirmed on the device; the variants
+    it allocates are scored (BN recalibration, EagleEye) and the best is kept."""
+
+    name: Literal["halp"]
+    importance: Literal["taylor", "magnitude"] = Field(
+        "taylor", description="taylor: first-order loss change of each channel's BN scale and shift on "
+                              "training batches (HALP's); magnitude: the job's criterion, not normalised")
+    sharpness: list[Annotated[float, Field(ge=0, le=8)]] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0], min_length=1, max_length=12,
+        description="importance exponents: each allocates one variant; 0 = latency saved only")
+    include_uniform: bool = Field(True, description="also score the uniform plan at the budget, so the search "
+                                                    "never returns a plan it scored below it")
+    confirm_steps: int = Field(5, ge=1, le=30, description="device timings per variant to land it on the budget")
+    short_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring a variant")
+
+
+STRATEGY_MODELS = (BisectionStrategy, SensitivityStrategy, NetAdaptStrategy, AMCStrategy, OptunaStrategy, HALPStrategy)
 StrategySpec = Annotated[
-    BisectionStrategy | SensitivityStrategy | NetAdaptStrategy | AMCStrategy | OptunaStrategy,
+    BisectionStrategy | SensitivityStrategy | NetAdaptStrategy | AMCStrategy | OptunaStrategy | HALPStrategy,
     Field(discriminator="name"),
 ]
+
+
+def strategy_models() -> dict[str, type[Strict]]:
+    """Strategy name -> its parameters model, read from each model's `name` literal (the one declaration)."""
+    return {name: model for model in STRATEGY_MODELS
+            for name in typing.get_args(model.model_fields["name"].annotation)}
 
 
 class ExecutionSpec(Strict):

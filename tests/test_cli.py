@@ -52,6 +52,13 @@ def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
     assert chosen and all(h["latency_ci"][1] <= 0.7 * 1.03 for h in chosen)
     assert report["measurement"]["threads"] == 1 and report["measurement"]["batch_size"] == 64
     assert report["lookup_table"]["predicted_latency_ratio"] > 0  # built on the device, calibrated on the base
+    lat = report["latency"]  # one measurement behind every number shown
+    assert lat["fresh_process"] and lat["ratio"] == report["ratios"]["latency"]
+    assert lat["base_ms"] == report["base"]["latency"]["median_ms"]
+    assert lat["pruned_ms"] == report["pruned"]["latency_ms"] == report["pruned"]["latency"]["median_ms"]
+    assert lat["ci"][0] <= lat["ratio"] <= lat["ci"][1]
+    assert report["budget_verdict"] in ("met", "within_tolerance", "missed")
+    assert report["budget_met"] == (report["budget_verdict"] == "met")
 
 
 def test_cli_run_then_evaluate(tmp_path: Path) -> None:
@@ -62,13 +69,16 @@ def test_cli_run_then_evaluate(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout and "budget flops" in proc.stdout
     assert json.loads((out / "report.json").read_text())["strategy"] == "global"
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", str(out), "--repeats", "5"],
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", str(out), "--max-seconds", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     report = json.loads((out / "report.json").read_text())
     assert result["test_acc"] == pytest.approx(report["pruned"]["test_acc"])
-    assert result["latency"]["n"] == 5 and result["measurement"]["threads"] == 1
+    lat = result["latency"]  # the base is re-timed here, interleaved with the pruned model
+    assert lat["base_ms"] > 0 and lat["pairs"] >= 15 and lat["ci"][0] <= lat["ratio"] <= lat["ci"][1]
+    assert result["measurement"]["threads"] == 1
+    assert result["budget_verdict_here"] is None  # a FLOPs budget: nothing to re-time against
 
 
 @pytest.mark.parametrize(("override", "message"), [

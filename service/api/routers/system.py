@@ -16,7 +16,7 @@ from service.api import examples
 from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
 from service.config import Settings
-from service.spec import JobSpec
+from service.spec import JobSpec, strategy_models
 
 router = APIRouter(tags=["system"])
 
@@ -25,10 +25,7 @@ router = APIRouter(tags=["system"])
 async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
     """What a job may ask for; the dashboard builds its form from this."""
     schema = JobSpec.model_json_schema()
-    strategies = {name: schema["$defs"][cls]["properties"] for name, cls in
-                  (("uniform", "BisectionStrategy"), ("global", "BisectionStrategy"),
-                   ("sensitivity", "SensitivityStrategy"), ("netadapt", "NetAdaptStrategy"), ("amc", "AMCStrategy"),
-                   ("optuna", "OptunaStrategy"))}
+    strategies = {name: schema["$defs"][model.__name__]["properties"] for name, model in strategy_models().items()}
     return {
         "models": available_models(settings.model_factories),
         "datasets": [d for d in available_datasets() if not d.startswith("imagefolder")],

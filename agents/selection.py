@@ -1,0 +1,139 @@
+"""What a job returns: the best plan it measured, baselines included, that holds its budget when re-timed.
+
+Every strategy ends the same way. The baselines (uniform and global) are searched exactly as their
+own strategies search, bisected on the *measured* resource, so a job never compares its plan with a
+baseline placed on the lookup table that leaves part of the budget unused; a baseline found once is
+reused by every job on the same model, device and budget (the caller keeps the cache). Then every
+plan scored with the job's common recipe (BN recalibration and the job's short fine-tune, so scores
+compare) competes: the most accurate first, re-timed in a fresh process, and the first that meets the
+budget there is returned. The report says which plan it was and where it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from agents.base import Candidate, Emit, Evaluation, SearchContext
+from agents.bisection import GlobalAgent, UniformAgent
+from agents.budget import Budget, BudgetUnreachableError
+from agents.driver import EvaluateFn, run_search
+
+BASELINE_STEPS = 8  # bisection steps: a knob within 0.4% of the top ratio
+MAX_RETIMES = 4  # contenders re-timed before the closest one is returned as missed
+
+
+class RatioLike(Protocol):
+    ratio: float
+    ci_low: float
+    ci_high: float
+
+
+Retime = Callable[[Evaluation], RatioLike]
+
+
+@dataclass
+class Contender:
+    source: str  # "search" or "baseline:<name>"
+    evaluation: Evaluation
+
+
+@dataclass
+class Choice:
+    contender: Contender
+    retimed: RatioLike | None
+    verdict: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def scored_as_common(e: Evaluation) -> bool:
+    """Scored with the job's own recipe (not an agent's per-candidate fine-tune), so scores compare."""
+    return e.val_acc is not None and e.candidate.short_steps is None
+
+
+def rescore(evaluate: EvaluateFn, e: Evaluation, cid: int, **tag: Any) -> Evaluation:
+    """Validation accuracy of `e`'s plan with the common recipe, keeping its measured latency and verdict."""
+    (scored,) = evaluate([Candidate(cid, dict(e.candidate.ratios), accuracy=True, latency="none",
+                                    tag={**e.candidate.tag, **tag})])
+    return replace(scored, latency_ratio=e.latency_ratio, latency_ci=e.latency_ci,
+                   latency_source=e.latency_source, meets_budget=e.meets_budget)
+
+
+def baselines(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, skip: str = "",
+              cached: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Evaluation]:
+    """Uniform and global plans at the budget, each searched as its strategy searches (or taken from
+    `cached`, then timed and scored afresh), scored with the common recipe."""
+    quiet = replace(ctx, emit=lambda event: None)
+    makers: dict[str, Callable[[], Any]] = {"uniform": lambda: UniformAgent(quiet, steps=BASELINE_STEPS),
+                                            "global": lambda: GlobalAgent(quiet, steps=BASELINE_STEPS)}
+    found: dict[str, Evaluation] = {}
+    for n, (name, make) in enumerate(makers.items(), 1):
+        if name == skip:
+            continue  # a baseline strategy's own plan is already its baseline
+        cid = -n
+        if cached and name in cached:
+            (ev,) = evaluate([Candidate(cid, dict(cached[name]), tag={"baseline": name, "cached": True})])
+        else:
+            try:
+                agent = make()
+            except ValueError:  # e.g. global on a space with nothing to rank
+                continue
+            best = run_search(agent, evaluate, lambda event: None).best
+            if best is None:
+                continue
+            ev = rescore(evaluate, best, cid, baseline=name)
+        found[name] = ev  # shown even if a fresh timing misses; `contenders` keeps only plans that meet
+        emit({"type": "baseline", "name": name, "knob": ev.candidate.tag.get("knob"), **ev.record()})
+    return found
+
+
+def contenders(history: Sequence[Evaluation], best: Evaluation | None, found: Mapping[str, Evaluation],
+               evaluate: EvaluateFn, budget: Budget) -> list[Contender]:
+    """Every plan that met the budget on the device (or exactly) with a comparable score, best first.
+    The agent's own choice is re-scored with the common recipe when its score came another way."""
+    pool = [Contender("search", e) for e in history if scored_as_common(e)]
+    if best is not None and not scored_as_common(best):
+        pool.append(Contender("search", rescore(evaluate, best, -100, chosen_by_agent=True)))
+    pool += [Contender(f"baseline:{name}", e) for name, e in found.items()]
+    eligible = [c for c in pool if c.evaluation.meets_budget and c.evaluation.val_acc is not None
+                and (not budget.measured or c.evaluation.latency_source == "measured")]
+    eligible.sort(key=lambda c: (-(c.evaluation.val_acc or 0.0), c.evaluation.latency_ratio or 0.0,
+                                 c.evaluation.flops))
+    seen: set[tuple[tuple[str, float], ...]] = set()
+    ranked = []
+    for c in eligible:
+        key = tuple(sorted((k, round(v, 9)) for k, v in c.evaluation.candidate.ratios.items()))
+        if key not in seen:
+            seen.add(key)
+            ranked.append(c)
+    return ranked
+
+
+def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, emit: Emit) -> Choice:
+    """The most accurate contender that meets the budget when re-timed; exact budgets need no re-timing.
+    If none of the first MAX_RETIMES holds, the one closest to the budget, with its verdict."""
+    if not ranked:
+        raise BudgetUnreachableError(f"budget.target: no plan the job measured meets {budget.describe()}")
+    if retime is None or not budget.measured:
+        top = ranked[0]
+        e = top.evaluation
+        return Choice(top, None, budget.verdict(e.flops, e.params))
+    attempts: list[dict[str, Any]] = []
+    closest: tuple[Contender, RatioLike] | None = None
+    for c in ranked[:MAX_RETIMES]:
+        stats = retime(c.evaluation)
+        verdict = budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio)
+        attempt = {"source": c.source, "candidate": c.evaluation.candidate.id, "val_acc": c.evaluation.val_acc,
+                   "search_latency_ratio": c.evaluation.latency_ratio, "retimed_ratio": stats.ratio,
+                   "retimed_ci": [stats.ci_low, stats.ci_high], "verdict": verdict}
+        attempts.append(attempt)
+        emit({"type": "retime", **attempt})
+        if verdict == "met":
+            return Choice(c, stats, verdict, attempts)
+        if closest is None or stats.ratio < closest[1].ratio:
+            closest = (c, stats)
+    assert closest is not None
+    c, stats = closest
+    return Choice(c, stats, budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio),
+                  attempts)

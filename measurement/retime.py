@@ -1,0 +1,79 @@
+"""Re-time a pruned model against its base in a fresh process: the latency a user is told.
+
+A process that has searched, trained and timed dozens of candidates is not the process a user deploys
+in: allocator state, thread pools and caches carry its history, and plans accepted at the edge of a
+budget re-measured 3-4% over it elsewhere. So the final number comes from a new interpreter that
+rebuilds the pruned model from its artifact files (plan + safetensors, nothing unpickled) and the
+base architecture from the zoo, and times them interleaved. Weight values do not change the speed of
+dense kernels, so the base is timed with fresh weights. `prunesearch evaluate` runs the same code.
+
+    python -m measurement.retime FOLDER   # FOLDER holds plan.json, model.safetensors, retime.json
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, RatioStats
+
+REQUEST_FILE = "retime.json"
+
+
+class RetimeError(RuntimeError):
+    """The fresh timing process failed; its message carries the child's last error line."""
+
+
+def ratio_from_dict(d: Mapping[str, Any]) -> RatioStats:
+    return RatioStats(**{**d, "candidate": LatencyStats(**d["candidate"]), "base": LatencyStats(**d["base"])})
+
+
+def compare_artifact(folder: str | Path, settings: MeterSettings, factories: Mapping[str, str] | None = None,
+                     max_seconds: float | None = None) -> RatioStats:
+    """Rebuild the artifact in `folder` and its base architecture, and time them interleaved (this process)."""
+    from search_spaces.artifacts import load_pruned
+    from search_spaces.zoo import build_model
+
+    pruned, plan = load_pruned(folder, factories)
+    base = build_model(plan.model, factories).eval()
+    meter = LatencyMeter(settings)
+    example = meter.example(plan.model.in_channels, plan.model.input_size)
+    return meter.compare(pruned, base, example, max_seconds=max_seconds)
+
+
+def retime_files(meter: LatencyMeter, files: Mapping[str, bytes], factories: Mapping[str, str] | None,
+                 max_seconds: float, timeout_s: float = 900.0) -> RatioStats:
+    """Write an artifact's files to a temporary folder and time it in a new interpreter. Takes the meter
+    first so that it runs through a job's `time_on` wherever its candidates are timed (a Ray node too)."""
+    with tempfile.TemporaryDirectory(prefix="prunesearch-retime-") as tmp:
+        folder = Path(tmp)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        request = {"settings": asdict(meter.settings), "factories": dict(factories or {}), "max_seconds": max_seconds}
+        (folder / REQUEST_FILE).write_text(json.dumps(request))
+        proc = subprocess.run([sys.executable, "-m", "measurement.retime", str(folder)], capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RetimeError(f"fresh-process timing failed (exit {proc.returncode}): {last}")
+    return ratio_from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    folder = Path((argv or sys.argv[1:])[0])
+    request = json.loads((folder / REQUEST_FILE).read_text())
+    cores = request["settings"].get("cores")
+    settings = MeterSettings(**{**request["settings"], "cores": tuple(cores) if cores else None})
+    stats = compare_artifact(folder, settings, request["factories"], request["max_seconds"])
+    print(json.dumps(asdict(stats)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
