@@ -44,6 +44,16 @@ class SpaceError(ValueError):
     """A bad request against the space: unknown group, ratio out of range, unknown layer."""
 
 
+class LayerError(SpaceError):
+    """Torch-Pruning or PyTorch failed while scoring or pruning one dimension: names its layer, so a
+    job never ends with a bare exception from inside them."""
+
+    def __init__(self, layer: str, step: str, exc: BaseException) -> None:
+        self.layer = layer
+        super().__init__(f"keep_layers: {step} layer {layer!r} failed inside Torch-Pruning "
+                         f"({type(exc).__name__}: {exc}); add it to keep_layers")
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """A conv/linear layer as AMC's state sees it (values before pruning)."""
@@ -287,7 +297,7 @@ class PruningSpace:
         dims = []
         for name in bypassable_blocks(model, self.example):
             covers = tuple(block_layers(model, name))
-            if covers and not set(covers) & set(self.keep_layers) and name not in self.keep_layers:
+            if covers and not set(covers) & set(self.keep_layers) and name not in (*self.keep_layers, *self.excluded):
                 dims.append(Dimension(name, 1, 0, 1, (), (), info[covers[0]], "block", covers=covers))
         return dims
 
@@ -296,7 +306,7 @@ class PruningSpace:
         dimension divides into groups of M."""
         modules = dict(model.named_modules())
         head = output_layer(model, self.example)
-        skip = set(self.keep_layers) | {n for n, m in modules.items() if m is head}
+        skip = set(self.keep_layers) | set(self.excluded) | {n for n, m in modules.items() if m is head}
         n, m = self.nm
         dims = []
         for layer in self.layers:
@@ -403,16 +413,23 @@ class PruningSpace:
                 n_prune = dim.channels - kept[dim.name]
                 if dim.granularity == "head":
                     heads = _head_scores(modules, dim) if scorer is not None else None
-                    selections.append((root, group[0].dep.handler, _head_channels(dim, heads, n_prune)))
+                    selections.append((dim, root, group[0].dep.handler, _head_channels(dim, heads, n_prune)))
                     continue
-                scores = scorer(group) if scorer is not None else None
+                try:
+                    scores = scorer(group) if scorer is not None else None
+                except Exception as exc:  # importance code indexes weights by the group's mapping
+                    raise LayerError(dim.name, "scoring", exc) from exc
                 if scorer is not None and scores is None:
                     continue
                 idxs = grouped_indices(scores, dim.channels, dim.channel_groups, n_prune)
-                selections.append((root, group[0].dep.handler, idxs))
+                selections.append((dim, root, group[0].dep.handler, idxs))
             # Score every group on the unpruned model first, then prune, as Torch-Pruning's own pruner does.
-            for root, handler, idxs in selections:
-                graph.get_pruning_group(root, handler, idxs).prune()
+            for dim, root, handler, idxs in selections:
+                try:
+                    graph.get_pruning_group(root, handler, idxs).prune()
+                except Exception as exc:  # e.g. "INDICES element is out of DATA bounds" from index_select
+                    raise LayerError(dim.members[0] if dim.granularity == "head" else dim.name, "pruning",
+                                     exc) from exc
             for dim in shrinking:
                 if dim.granularity == "head":
                     modules[dim.name].num_heads = kept[dim.name]
@@ -540,7 +557,12 @@ class PruningSpace:
         if self.sparse:  # shapes stay; each dimension's mask zeroes some of its layer's weights
             zeroed = sum(self._zeroed(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.channels)
             return self.flops, self.params - zeroed
-        return count_cost(self._prune(copy.deepcopy(self.base), kept, by_importance=False), self.example)
+        return count_cost(self.structure(ratios), self.example)
+
+    def structure(self, ratios: Mapping[str, float]) -> nn.Module:
+        """A copy of the base with the shapes `ratios` give, channels picked without scoring: what the
+        cost model counts and the preflight runs (fine-grained plans keep the base's shapes)."""
+        return self._prune(copy.deepcopy(self.base), self.kept_for(ratios), by_importance=False)
 
     def _check_identity(self, plan: Plan, check_weights: bool = True) -> None:
         if plan.model != self.identity:
