@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+OPAQUE = "_prunesearch_opaque_nodes"  # graph attribute: nodes whose index mapping Torch-Pruning could not build
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,41 @@ class Coupling:
     root: nn.Module
     group: tp.Group
     channel_groups: int = 1
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `model`. Its last step maps channel indices through every
+    concat/split/reshape; where that raises (ZeroDivisionError at a shufflenet channel shuffle), the
+    node is kept as an identity and remembered, and every group through it is refused later."""
+    graph = tp.DependencyGraph()
+    try:
+        graph.build_dependency(model, example_inputs=example)
+    except Exception:
+        if not getattr(graph, "module2node", None) or not _tolerant_index_mapping(graph):
+            raise
+    return graph
+
+
+def _tolerant_index_mapping(graph: tp.DependencyGraph) -> bool:
+    """Torch-Pruning's `update_index_mapping`, node by node; True if some node failed (now opaque)."""
+    from torch_pruning.dependency import index_mapping as im
+
+    t = tp.ops.OPTYPE
+    updates = {t.CONCAT: im.update_concat_index_mapping, t.SPLIT: im.update_split_index_mapping,
+               t.RESHAPE: im.update_reshape_index_mapping, t.UNBIND: im.update_unbind_index_mapping,
+               t.EXPAND: im.update_expand_index_mapping, t.SLICE: im.update_slice_index_mapping}
+    opaque = []
+    for node in graph.module2node.values():
+        update = updates.get(node.type)
+        if update is None:
+            continue
+        try:
+            update(graph, node)
+        except Exception:  # what Torch-Pruning raises here is an accident of its shape inference
+            node.type = t.ELEMENTWISE  # get_pruning_group re-runs the mapping: never again for this node
+            opaque.append(node)
+    setattr(graph, OPAQUE, opaque)
+    return bool(opaque)
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -97,6 +132,24 @@ def mapping_problem(graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.M
     return None
 
 
+def probe_problem(graph: tp.DependencyGraph, root: nn.Module, handler: object, channels: int,
+                  names: dict[nn.Module, str]) -> str | None:
+    """Why removing a few of the root's channels would not remove the same number from every layer
+    whose output channels go with them (BN, residual partners), or None. Torch-Pruning's mapping
+    through a shuffle's view/transpose sends one channel around the cycle many times."""
+    probe = sorted({0, channels // 2, channels - 1})
+    group = graph.get_pruning_group(root, handler, probe)
+    for dep, idxs in group:
+        if not graph.is_out_channel_pruning_fn(dep.handler) or _channels_of(graph, dep) is None:
+            continue
+        plain = {int(i) for i in tp._helpers.to_plain_idxs(idxs)}
+        if len(plain) != len(probe):
+            where = names.get(dep.target.module, str(dep.target.module))
+            return (f"removing {len(probe)} of its channels would remove {len(plain)} from {where!r}: Torch-Pruning "
+                    "cannot follow the reshape or channel shuffle between them")
+    return None
+
+
 def uniform_problem(graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str]) -> str | None:
     """Why pruning the same positions in each slice of the root does not prune each grouped layer of
     `group` evenly, or None (a concat or split between the root and a grouped layer shifts them)."""
@@ -128,6 +181,7 @@ def searchable_groups(graph: tp.DependencyGraph, ignored: Sequence[nn.Module], r
     {root layer: why not} for those that cannot. `heads`: fused qkv roots, pruned a whole head at a
     time by the space itself, whose q/k/v-onto-proj mapping repeats channels by design."""
     trusted = set(heads)
+    opaque = set(getattr(graph, OPAQUE, ()))
     ignored_set = set(ignored) | set(graph.IGNORED_LAYERS_IN_TRACING)
     types = tuple(root_types)
     visited: set[nn.Module] = set()
@@ -146,7 +200,12 @@ def searchable_groups(graph: tp.DependencyGraph, ignored: Sequence[nn.Module], r
         except Exception as exc:  # Torch-Pruning's index mapping raises anything (ZeroDivisionError at a shuffle)
             refused[name] = f"Torch-Pruning cannot follow its channels ({type(exc).__name__}: {exc})"
             continue
-        reason = None if m in trusted else mapping_problem(graph, group, names)
+        if any(dep.source in opaque or dep.target in opaque for dep, _ in group):
+            refused[name] = ("its channels pass through a reshape Torch-Pruning cannot map (its index mapping "
+                             "fails there, as at a channel shuffle)")
+            continue
+        reason = None if m in trusted else (mapping_problem(graph, group, names)
+                                            or probe_problem(graph, m, pruner.prune_out_channels, channels, names))
         if reason is not None:
             refused[name] = reason
             continue

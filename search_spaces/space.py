@@ -30,7 +30,7 @@ import torch_pruning as tp
 from torch import nn
 
 from search_spaces import sparsity
-from search_spaces.coupling import Coupling, grouped_indices, searchable_groups
+from search_spaces.coupling import Coupling, build_graph, grouped_indices, searchable_groups
 from search_spaces.criteria import DATA_DRIVEN, Batches, prepare_scorer
 from search_spaces.depth import block_layers, bypassable_blocks, drop_blocks
 from search_spaces.kinds import BINARY, SPARSE, SPARSE_CRITERIA, KindError, check_kinds
@@ -333,7 +333,7 @@ class PruningSpace:
     def _graph(self, model: nn.Module) -> tuple[tp.DependencyGraph, list[nn.Module]]:
         model.eval()
         with torch.enable_grad():  # the graph is traced through autograd, even if the caller disabled it
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+            graph = build_graph(model, self.example)
         modules = dict(model.named_modules())
         ignored = [modules[n] for n in (*self.keep_layers, *self.excluded)]
         head = output_layer(model, self.example)

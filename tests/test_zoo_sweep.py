@@ -108,6 +108,46 @@ class ShuffleNet(nn.Module):
         return self.head(x)
 
 
+def tv_channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's shuffle (view, transpose, contiguous, view with -1): Torch-Pruning's index
+    mapping raises ZeroDivisionError on it while building the dependency graph."""
+    b, c, h, w = x.size()
+    x = torch.transpose(x.view(b, groups, c // groups, h, w), 1, 2).contiguous()
+    return x.view(b, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's ShuffleNetV2 unit: stride 2 runs both branches on the input, stride 1 splits it."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride, half = stride, cout // 2
+        self.branch1 = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                                     _cbr(cin, half, k=1)) if stride > 1 else nn.Sequential()
+        self.branch2 = nn.Sequential(_cbr(cin if stride > 1 else half, half, k=1),
+                                     nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False),
+                                     nn.BatchNorm2d(half), _cbr(half, half, k=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            keep, work = x.chunk(2, dim=1)
+            out = torch.cat((keep, self.branch2(work)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return tv_channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, input_size: int) -> None:
+        super().__init__()
+        self.stem = _cbr(in_channels, 8)
+        self.stage = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1), ShuffleUnit(16, 16, 1))
+        self.head = Head(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage(self.stem(x)))
+
+
 class FlattenNet(nn.Module):
     """A classifier on flattened feature maps: each channel feeds h*w inputs of the linear layer."""
 
@@ -282,7 +322,8 @@ class QKVNet(nn.Module):
 
 
 ARCHS: dict[str, type[nn.Module]] = {
-    "concat": ConcatNet, "residual": ResidualNet, "se": SENet, "shuffle": ShuffleNet, "flatten": FlattenNet,
+    "concat": ConcatNet, "residual": ResidualNet, "se": SENet, "shuffle": ShuffleNet, "shufflenet_v2": ShuffleNetV2,
+    "flatten": FlattenNet,
     "shared": SharedNet, "norms": NormNet, "resnext": ResNeXtNet, "grouped_chain": GroupedChainNet,
     "depthwise": DepthwiseNet, "multiplier": MultiplierNet, "concat_grouped": ConcatGroupedNet, "mha": MHANet,
     "qkv": QKVNet,
@@ -293,6 +334,8 @@ EXCLUDED: dict[str, set[str]] = {
     "multiplier": {"stem.0"},  # feeds a depthwise conv with a channel multiplier
     "concat_grouped": {"a.0", "b.0"},  # concat into a grouped conv, groups straddling the branches
     "shuffle": {"stem.0", "units.0.3.0", "units.1.3.0"},  # the channel shuffle
+    "shufflenet_v2": {"stage.0.branch1.2.0", "stage.0.branch2.3.0", "stage.1.branch2.3.0",
+                      "stage.2.branch2.3.0"},  # Torch-Pruning's ZeroDivisionError at the shuffle
     "mha": {"mlp.2"},  # the embedding width: nn.MultiheadAttention keeps embed_dim and num_heads
 }
 RATIOS = (0.25, 0.5, 0.9)
@@ -357,3 +400,16 @@ def test_channel_shuffle_excludes_only_the_shuffled_groups() -> None:
     assert set(inner) == {"units.0.1", "units.1.1"}  # each unit's 1x1 + depthwise channels
     assert all("units.0.0.0" in m or "units.1.0.0" in m for m in inner.values())
     assert all("shuffle" in why for why in space.excluded.values())
+
+
+def test_zero_division_at_a_torchvision_shuffle_excludes_the_groups_through_it() -> None:
+    """Torch-Pruning's own graph build fails on this model; the space still searches the stem and
+    every unit's inner branch."""
+    import torch_pruning as tp
+
+    model, _ = build("shufflenet_v2")
+    with pytest.raises(ZeroDivisionError):
+        tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, IN_CHANNELS, SIZE, SIZE))
+    space = space_of("shufflenet_v2")
+    assert [d.name for d in space.dimensions] == ["stem.0", *(f"stage.{i}.branch2.1" for i in range(3))]
+    assert all("cannot map" in why for why in space.excluded.values())
