@@ -38,10 +38,23 @@ class PreflightError(SpaceError):
 
 def checked_space(model: nn.Module, identity: ModelIdentity, *, criterion: str = "l1", round_to: int = 1,
                   max_ratio: float = 0.9, keep_layers: Iterable[str] = (), dimensions: Sequence[str] = ("channel",),
-                  nm: tuple[int, int] = (2, 4), calibration: Batches | None = None, seed: int = 0) -> PruningSpace:
+                  nm: tuple[int, int] = (2, 4), calibration: Batches | None = None, seed: int = 0,
+                  phase: str = "preflight") -> PruningSpace:
     """The job's pruning space, with every layer that cannot be pruned excluded (reason recorded) or
     the spec refused; any unexpected failure becomes a `PreflightError` naming the phase."""
-    keep = tuple(keep_layers)
+    try:
+        return _checked(model, identity, criterion, round_to, max_ratio, tuple(keep_layers), dimensions, nm,
+                        calibration, seed)
+    except SpaceError:
+        raise
+    except Exception as exc:  # a failure none of the checks foresaw still names where it happened
+        raise PreflightError("model", f"the {phase} phase failed inside PyTorch or Torch-Pruning "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+
+def _checked(model: nn.Module, identity: ModelIdentity, criterion: str, round_to: int, max_ratio: float,
+             keep: tuple[str, ...], dimensions: Sequence[str], nm: tuple[int, int], calibration: Batches | None,
+             seed: int) -> PruningSpace:
     batch = torch.randn(2, identity.in_channels, identity.input_size, identity.input_size,
                         generator=torch.Generator().manual_seed(0))
     try:
@@ -118,9 +131,9 @@ def _failures(space: PruningSpace, batch: torch.Tensor, want: tuple[int, ...]) -
         if at_mid is not None or (d.binary and at_max is not None):
             found[_layer_of(d)] = f"the pruned model fails: {at_mid or at_max}"
         elif at_max is not None:
-            raise PreflightError("max_ratio", f"at {d.max_ratio:.3g} of its {d.channels} units, pruning {name!r} "
-                                 f"fails ({at_max}) while {middle[name]:.3g} works; lower max_ratio or add "
-                                 f"{_layer_of(d)!r} to keep_layers", [name])
+            raise PreflightError("max_ratio", f"pruning {name!r} to {d.min_kept} of its {d.channels} units (ratio "
+                                 f"{d.max_ratio:.3g}) fails ({at_max}) while ratio {middle[name]:.3g} works; lower "
+                                 f"max_ratio or add {_layer_of(d)!r} to keep_layers", [name])
         else:
             together.append(name)
     if not found:  # only a combination fails, with no single layer to blame
