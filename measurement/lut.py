@@ -53,7 +53,9 @@ def layer_module(info: LayerInfo, cin: int, cout: int) -> tuple[nn.Module, torch
     if info.kind == "linear":  # in_size: tokens per sample (transformers), 1 after a flatten
         tokens = [info.in_size] if info.in_size > 1 else []
         return nn.Linear(cin, cout, bias=info.bias), torch.Size([1, *tokens, cin])
-    groups = cin if info.kind == "dwconv" else 1
+    groups = cin if info.kind == "dwconv" else info.groups
+    if groups > 1 and info.kind != "dwconv":  # a grouped conv keeps its groups: time the nearest valid widths
+        cin, cout = (max(groups, round(c / groups) * groups) for c in (cin, cout))
     conv = nn.Conv2d(cin, cout, info.kernel, info.stride, info.padding, groups=groups, bias=info.bias)
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()).eval(), torch.Size([1, cin, info.in_size, info.in_size])
 
@@ -95,8 +97,9 @@ class LatencyTable:
 
     @staticmethod
     def _key(info: LayerInfo) -> str:
+        grouped = f"|g{info.groups}" if info.kind == "conv" and info.groups > 1 else ""  # old keys stay valid
         return f"{info.kind}|{info.in_channels}|{info.out_channels}|k{info.kernel}|s{info.stride}|p{info.padding}" \
-               f"|hw{info.in_size}|b{int(info.bias)}"
+               f"|hw{info.in_size}|b{int(info.bias)}{grouped}"
 
     def _axes(self, info: LayerInfo) -> tuple[list[int], list[int]]:
         outs = _grid(info.out_channels, info.name in self._prunable_out)

@@ -50,7 +50,8 @@ def space_for(base: nn.Module, plan: Plan) -> PruningSpace:
         m = plan.groups[0].channels
         nm = (min((g.kept for g in plan.groups if g.kept < m), default=m // 2), m)
     return PruningSpace(base, plan.model, criterion="magnitude" if sparse else "l1", round_to=plan.round_to,
-                        max_ratio=0.999, keep_layers=plan.keep_layers, kinds=kinds, nm=nm)
+                        max_ratio=0.999, keep_layers=plan.keep_layers, kinds=kinds, nm=nm,
+                        exclude=plan.excluded)
 
 
 def load_pruned(folder: str | Path, factories: Mapping[str, str] | None = None) -> tuple[nn.Module, Plan]:

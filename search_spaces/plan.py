@@ -68,6 +68,8 @@ class Plan(BaseModel):
     criterion: str
     round_to: int
     keep_layers: list[str] = Field(default_factory=list, description="module paths the job kept whole")
+    excluded: dict[str, str] = Field(default_factory=dict, description="layers whose output channels could not be "
+                                     "pruned, with the reason (found by the space and its preflight)")
     groups: list[GroupResult]
     layers: list[LayerResult]
     flops_before: int

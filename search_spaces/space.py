@@ -30,6 +30,7 @@ import torch_pruning as tp
 from torch import nn
 
 from search_spaces import sparsity
+from search_spaces.coupling import Coupling, build_graph, grouped_indices, searchable_groups
 from search_spaces.criteria import DATA_DRIVEN, Batches, prepare_scorer
 from search_spaces.depth import block_layers, bypassable_blocks, drop_blocks
 from search_spaces.kinds import BINARY, SPARSE, SPARSE_CRITERIA, KindError, check_kinds
@@ -41,6 +42,16 @@ PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 class SpaceError(ValueError):
     """A bad request against the space: unknown group, ratio out of range, unknown layer."""
+
+
+class LayerError(SpaceError):
+    """Torch-Pruning or PyTorch failed while scoring or pruning one dimension: names its layer, so a
+    job never ends with a bare exception from inside them."""
+
+    def __init__(self, layer: str, step: str, exc: BaseException) -> None:
+        self.layer = layer
+        super().__init__(f"keep_layers: {step} layer {layer!r} failed inside Torch-Pruning "
+                         f"({type(exc).__name__}: {exc}); add it to keep_layers")
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Dimension:
     covers: tuple[str, ...] = ()  # block: every conv/linear layer that goes with it
     unit_out: int = 1  # output channels of each member per unit (heads: 3 * head_dim of qkv)
     unit_in: int = 1  # input channels of each consumer per unit (heads: head_dim of proj)
+    channel_groups: int = 1  # grouped layers in the group: each of this many slices loses the same channels
 
     @property
     def binary(self) -> bool:
@@ -112,7 +124,9 @@ def _layer_kind(m: nn.Module) -> str:
     if isinstance(m, nn.Linear):
         return "linear"
     assert isinstance(m, nn.modules.conv._ConvNd)
-    return "dwconv" if m.groups > 1 and m.groups == m.in_channels else "conv"
+    # Depthwise: one channel in and out per group, so input channels follow output channels. A grouped
+    # conv (and a depthwise one with a channel multiplier) is a "conv" that keeps its `groups`.
+    return "dwconv" if m.groups > 1 and m.groups == m.in_channels == m.out_channels else "conv"
 
 
 def _first(v: int | tuple[int, ...] | str) -> int:
@@ -179,7 +193,8 @@ class PruningSpace:
     def __init__(self, model: nn.Module, identity: ModelIdentity, *, criterion: str = "l1", round_to: int = 1,
                  max_ratio: float = 0.9, keep_layers: Iterable[str] = (),
                  calibration: Batches | None = None, seed: int = 0,
-                 kinds: Sequence[str] = ("channel",), nm: tuple[int, int] = (2, 4)) -> None:
+                 kinds: Sequence[str] = ("channel",), nm: tuple[int, int] = (2, 4),
+                 exclude: Mapping[str, str] | None = None) -> None:
         self.base = model.eval()
         self.identity = identity
         self.criterion = criterion
@@ -201,6 +216,12 @@ class PruningSpace:
         if unknown:
             raise SpaceError(f"keep_layers: no such module(s) {unknown}; e.g. {list(modules)[1:6]}")
         self.keep_layers = tuple(keep_layers)
+        unknown = [n for n in exclude or {} if n not in modules]
+        if unknown:
+            raise SpaceError(f"keep_layers: cannot exclude unknown module(s) {unknown}")
+        # Layers whose output channels are never pruned because they cannot be, with the reason: given
+        # (a plan's, the preflight's) or found while building the space (groups Torch-Pruning cannot follow).
+        self.excluded: dict[str, str] = dict(exclude or {})
         self.fingerprint = fingerprint(identity.arch, model)
         self.layers = describe_layers(model, self.example)
         self.flops, self.params = count_cost(model, self.example)
@@ -247,8 +268,9 @@ class PruningSpace:
         info = {layer.name: layer for layer in self.layers}
         names = self._names(model)
         dims = []
-        graph, groups = self._groups(model)
-        for root, group in groups:
+        graph, couplings = self._groups(model)
+        for coupling in couplings:
+            root, group = coupling.root, coupling.group
             members: list[str] = []
             consumers: list[str] = []
             for dep, _ in group:
@@ -267,10 +289,12 @@ class PruningSpace:
                                       tuple(dict.fromkeys(members)), tuple(dict.fromkeys(consumers)), info[rname],
                                       "head", unit_out=3 * head_dim, unit_in=head_dim))
                 continue
+            unit = math.lcm(self.round_to, coupling.channel_groups)  # kept counts: multiples of both
             min_kept = max(1, math.ceil(channels * (1 - max_ratio)))
-            min_kept = min(channels, math.ceil(min_kept / self.round_to) * self.round_to)
-            dims.append(Dimension(rname, channels, min_kept, self.round_to, tuple(dict.fromkeys(members)),
-                                  tuple(dict.fromkeys(consumers)), info[rname]))
+            min_kept = min(channels, math.ceil(min_kept / unit) * unit)
+            dims.append(Dimension(rname, channels, min_kept, unit, tuple(dict.fromkeys(members)),
+                                  tuple(dict.fromkeys(consumers)), info[rname],
+                                  channel_groups=coupling.channel_groups))
         return dims
 
     def _block_dimensions(self, model: nn.Module) -> list[Dimension]:
@@ -278,7 +302,7 @@ class PruningSpace:
         dims = []
         for name in bypassable_blocks(model, self.example):
             covers = tuple(block_layers(model, name))
-            if covers and not set(covers) & set(self.keep_layers) and name not in self.keep_layers:
+            if covers and not set(covers) & set(self.keep_layers) and name not in (*self.keep_layers, *self.excluded):
                 dims.append(Dimension(name, 1, 0, 1, (), (), info[covers[0]], "block", covers=covers))
         return dims
 
@@ -287,7 +311,7 @@ class PruningSpace:
         dimension divides into groups of M."""
         modules = dict(model.named_modules())
         head = output_layer(model, self.example)
-        skip = set(self.keep_layers) | {n for n, m in modules.items() if m is head}
+        skip = set(self.keep_layers) | set(self.excluded) | {n for n, m in modules.items() if m is head}
         n, m = self.nm
         dims = []
         for layer in self.layers:
@@ -314,18 +338,27 @@ class PruningSpace:
     def _graph(self, model: nn.Module) -> tuple[tp.DependencyGraph, list[nn.Module]]:
         model.eval()
         with torch.enable_grad():  # the graph is traced through autograd, even if the caller disabled it
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+            graph = build_graph(model, self.example)
         modules = dict(model.named_modules())
-        ignored = [modules[n] for n in self.keep_layers]
+        ignored = [modules[n] for n in (*self.keep_layers, *self.excluded)]
         head = output_layer(model, self.example)
         if head is not None:
             ignored.append(head)
         return graph, ignored
 
-    def _groups(self, model: nn.Module) -> tuple[tp.DependencyGraph, list[tuple[nn.Module, tp.Group]]]:
+    def _groups(self, model: nn.Module) -> tuple[tp.DependencyGraph, list[Coupling]]:
+        """The searchable groups; a group that cannot be searched excludes its root layer (recorded in
+        `excluded`), and the rest are enumerated again without it until none is refused."""
         graph, ignored = self._graph(model)
-        groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE))
-        return graph, [(group[0].dep.target.module, group) for group in groups]
+        names = self._names(model)
+        modules = dict(model.named_modules())
+        heads = [m for n, m in modules.items() if isinstance(m, nn.Linear) and _attention_of(model, n) is not None]
+        while True:
+            couplings, refused = searchable_groups(graph, ignored, PRUNABLE, names, heads)
+            if not refused:
+                return graph, couplings
+            self.excluded.update(refused)
+            ignored += [modules[n] for n in refused]
 
     # -- plans ---------------------------------------------------------------------------------
     def dimension(self, name: str) -> Dimension:
@@ -376,27 +409,32 @@ class PruningSpace:
                 torch.manual_seed(self.seed)  # the random criterion must pick the same channels every time
                 scorer = prepare_scorer(self.criterion, model, self._calibration)
             selections = []
-            graph, groups = self._groups(model)
-            for root, group in groups:
+            graph, couplings = self._groups(model)
+            for coupling in couplings:
+                root, group = coupling.root, coupling.group
                 dim = self._by_root.get(names[root])
                 if dim is None or kept[dim.name] >= dim.channels:
                     continue
                 n_prune = dim.channels - kept[dim.name]
                 if dim.granularity == "head":
                     heads = _head_scores(modules, dim) if scorer is not None else None
-                    selections.append((root, group[0].dep.handler, _head_channels(dim, heads, n_prune)))
+                    selections.append((dim, root, group[0].dep.handler, _head_channels(dim, heads, n_prune)))
                     continue
-                scores = scorer(group) if scorer is not None else None
+                try:
+                    scores = scorer(group) if scorer is not None else None
+                except Exception as exc:  # importance code indexes weights by the group's mapping
+                    raise LayerError(dim.name, "scoring", exc) from exc
                 if scorer is not None and scores is None:
                     continue
-                if scores is None:
-                    idxs = list(range(dim.channels - n_prune, dim.channels))
-                else:
-                    idxs = torch.argsort(scores, stable=True)[:n_prune].tolist()
-                selections.append((root, group[0].dep.handler, idxs))
+                idxs = grouped_indices(scores, dim.channels, dim.channel_groups, n_prune)
+                selections.append((dim, root, group[0].dep.handler, idxs))
             # Score every group on the unpruned model first, then prune, as Torch-Pruning's own pruner does.
-            for root, handler, idxs in selections:
-                graph.get_pruning_group(root, handler, idxs).prune()
+            for dim, root, handler, idxs in selections:
+                try:
+                    graph.get_pruning_group(root, handler, idxs).prune()
+                except Exception as exc:  # e.g. "INDICES element is out of DATA bounds" from index_select
+                    raise LayerError(dim.members[0] if dim.granularity == "head" else dim.name, "pruning",
+                                     exc) from exc
             for dim in shrinking:
                 if dim.granularity == "head":
                     modules[dim.name].num_heads = kept[dim.name]
@@ -453,7 +491,8 @@ class PruningSpace:
             names = self._names(model)
             scores = {}
             modules = dict(model.named_modules())
-            for root, group in self._groups(model)[1]:
+            for coupling in self._groups(model)[1]:
+                root, group = coupling.root, coupling.group
                 dim = self._by_root.get(names[root])
                 if dim is None:
                     continue
@@ -542,7 +581,7 @@ class PruningSpace:
 
         return Plan(
             fingerprint=self.fingerprint, model=self.identity, criterion=self.criterion, round_to=self.round_to,
-            keep_layers=list(self.keep_layers),
+            keep_layers=list(self.keep_layers), excluded=dict(self.excluded),
             groups=[GroupResult(name=d.name, granularity=d.granularity, members=list(d.members or d.covers),
                                 ratio=d.snap(float(ratios.get(d.name, 0.0))), channels=d.channels, kept=kept[d.name])
                     for d in self.dimensions],
@@ -560,7 +599,12 @@ class PruningSpace:
         if self.sparse:  # shapes stay; each dimension's mask zeroes some of its layer's weights
             zeroed = sum(self._zeroed(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.channels)
             return self.flops, self.params - zeroed
-        return count_cost(self._prune(copy.deepcopy(self.base), kept, by_importance=False), self.example)
+        return count_cost(self.structure(ratios), self.example)
+
+    def structure(self, ratios: Mapping[str, float]) -> nn.Module:
+        """A copy of the base with the shapes `ratios` give, channels picked without scoring: what the
+        cost model counts and the preflight runs (fine-grained plans keep the base's shapes)."""
+        return self._prune(copy.deepcopy(self.base), self.kept_for(ratios), by_importance=False)
 
     def _check_identity(self, plan: Plan, check_weights: bool = True) -> None:
         if plan.model != self.identity:

@@ -35,11 +35,13 @@ from measurement.training import Distillation, fit
 from search_spaces.artifacts import ONNX_FILE, PLAN_FILE, WEIGHTS_FILE, export_onnx, save_pruned
 from search_spaces.datasets import DataSplits, load_dataset
 from search_spaces.plan import ModelIdentity, Plan
+from search_spaces.preflight import checked_space
 from search_spaces.space import PruningSpace
 from search_spaces.sparsity import make_permanent
 from search_spaces.weights import load_into, read_state_dict
 from search_spaces.zoo import build_model
 from service.config import Settings
+from service.space_check import space_settings
 from service.spec import JobSpec, SpecError, TrainWeights
 
 log = structlog.get_logger()
@@ -264,9 +266,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
     with phases("space"):
         calib_bs = 16 if spec.criterion == "hessian" else spec.finetune.batch_size
         calib = list(data.train.batches(calib_bs, limit=spec.evaluation.calibration_batches * calib_bs))
-        space = PruningSpace(model, identity, criterion=spec.criterion, round_to=spec.round_to,
-                             max_ratio=spec.max_ratio, keep_layers=spec.keep_layers, calibration=calib, seed=spec.seed,
-                             kinds=spec.dimensions, nm=spec.nm_pair)
+        space = checked_space(model, identity, criterion=spec.criterion, calibration=calib, seed=spec.seed,
+                              phase="space", **space_settings(spec))
     meter = LatencyMeter(meter_settings(spec))
     time_on = timing_place(spec, settings, meter)
     example = meter.example(identity.in_channels, identity.input_size)

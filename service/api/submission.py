@@ -13,11 +13,12 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from search_spaces.datasets import available_datasets
-from search_spaces.plan import ModelIdentity
+from search_spaces.preflight import PreflightError, checked_space
 from search_spaces.space import PruningSpace, SpaceError
 from search_spaces.weights import WeightsError, load_into, read_state_dict
 from search_spaces.zoo import UnknownModelError, build_model
 from service.config import Settings
+from service.space_check import identity_of, space_settings
 from service.spec import JobSpec
 
 # Upload ids are server-made hex names (uuid4 from POST /weights, sha256 for scheduled checkpoints):
@@ -61,13 +62,14 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
             load_into(model, read_state_dict(path), weights)
         except WeightsError as exc:
             raise field_error(status.HTTP_400_BAD_REQUEST, ["model", "weights"], str(exc)) from exc
-    identity = ModelIdentity(**m.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
-    try:
-        space = PruningSpace(model, identity, round_to=spec.round_to, max_ratio=spec.max_ratio,
-                             keep_layers=spec.keep_layers, kinds=spec.dimensions, nm=spec.nm_pair)
-    except SpaceError as exc:  # unknown keep_layers, or no dimension of the asked kinds in this model
+    try:  # builds the space, applies its extreme plans and runs them: what cannot work is refused here
+        space = checked_space(model, identity_of(spec), **space_settings(spec))
+    except SpaceError as exc:  # unknown keep_layers, a layer the settings break, nothing left to prune
         fld, _, msg = str(exc).partition(": ")
-        loc = ["keep_layers"] if fld == "keep_layers" else ["dimensions"]
+        if isinstance(exc, PreflightError):
+            loc = exc.field.split(".")
+        else:
+            loc = ["keep_layers"] if fld == "keep_layers" else ["dimensions"]
         raise field_error(status.HTTP_400_BAD_REQUEST, loc, msg) from exc
     _check_budget(spec, space)
 
