@@ -19,7 +19,8 @@ const MAX_LOG = 300;
 function describe(e) {
   const f = (x) => (typeof x === "number" ? Number(x.toPrecision(4)) : x);
   switch (e.type) {
-    case "phase": return e.state === "start" ? `phase ${e.phase} started` : `phase ${e.phase} done in ${f(e.seconds)} s`;
+    case "phase": return e.state === "start" ? `phase ${e.phase} started`
+      : e.error != null ? `phase ${e.phase} failed after ${f(e.seconds)} s: ${e.error}` : `phase ${e.phase} done in ${f(e.seconds)} s`;
     case "evaluation": return `evaluation ${e.done}${e.planned ? `/${e.planned}` : ""}: val acc ${pct(e.val_acc)}, `
       + `${e.latency_ratio != null ? `latency ×${f(e.latency_ratio)} (${e.latency_source}), ` : ""}FLOPs ${count(e.flops)}, `
       + `${e.meets_budget ? "meets" : "misses"} the budget`;
