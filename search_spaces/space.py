@@ -525,7 +525,8 @@ class PruningSpace:
             raise SpaceError(f"unknown unit importance {kind!r}; use taylor or magnitude")
         names, modules = self._names(model), dict(model.named_modules())
         scores: dict[str, torch.Tensor] = {}
-        for root, group in self._groups(model)[1]:
+        for coupling in self._groups(model)[1]:
+            root, group = coupling.root, coupling.group
             dim = self._by_root.get(names[root])
             if dim is None:
                 continue

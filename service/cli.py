@@ -1,12 +1,16 @@
-"""`prunesearch` command line: train a baseline, run a job in-process, evaluate an artifact folder.
+"""`prunesearch` command line: train a baseline, run a job in-process, evaluate an artifact folder,
+and talk to a job server (serve, upload, submit, watch, ...).
 
-Usage errors exit 2 with a message naming the bad argument or field; failures at run time exit 1;
-`run` exits 3 when the returned model misses its budget when re-timed (see EXIT_BUDGET_MISSED).
+Exit codes: 0 success; 1 a failure at run time (or a job that did not succeed); 2 a usage error, with a
+message naming the bad argument or field (also a 4xx answer from the server); 3 the server could not be
+reached at all (refused, DNS, timeout); 4 `run` finished but the returned model misses its latency budget
+beyond the tolerance when re-timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import shlex
 import sys
@@ -22,21 +26,23 @@ import torch
 from agents.budget import BudgetUnreachableError
 from measurement.runtimes import RuntimeUnavailableError
 from search_spaces.criteria import UnknownCriterionError
-from search_spaces.datasets import DatasetError, load_dataset
+from search_spaces.datasets import DatasetError, available_datasets, load_dataset
 from search_spaces.plan import PlanMismatchError
 from search_spaces.space import SpaceError
 from search_spaces.weights import WeightsError, save_weights
-from search_spaces.zoo import UnknownModelError, build_model
-from service.client import ApiError
+from search_spaces.zoo import UnknownModelError, available_models, build_model
+from service.client import ApiError, ServerUnreachableError
 from service.config import RayUnavailableError, Settings
 from service.progress import EventBars, configure_logging
-from service.spec import DatasetSpec, ModelSpec, SpecError
+from service.spec import DatasetSpec, JobSpec, ModelSpec, SpecError
 
 log = structlog.get_logger()
 
-EXIT_BUDGET_MISSED = 3  # `run` finished, but the returned model misses its latency budget beyond the tolerance
+EXIT_BUDGET_MISSED = 4  # `run` finished, but the returned model misses its latency budget beyond the tolerance
 USAGE_ERRORS = (SpecError, UnknownModelError, DatasetError, WeightsError, SpaceError, PlanMismatchError,
                 UnknownCriterionError, BudgetUnreachableError, RuntimeUnavailableError)
+EXIT_UNREACHABLE = 3  # no answer from the server at all: distinct from a refusal (2) and a failure (1)
+TRAIN_VAL_FRACTION = 0.1  # `train` without --val-size holds out this much of the training data
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -45,8 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    dataset = DatasetSpec(name=args.dataset, root=args.root, val_size=args.val_size, seed=args.seed)
-    data = load_dataset(dataset)
+    dataset = DatasetSpec(name=args.dataset, root=args.root, val_size=args.val_size or 1, seed=args.seed)
+    data = load_dataset(dataset, val_fraction=TRAIN_VAL_FRACTION if args.val_size is None else None)
+    dataset = dataset.model_copy(update={"val_size": len(data.val)})  # metadata records what was held out
     spec = ModelSpec(arch=args.model, num_classes=data.num_classes, in_channels=data.in_channels,
                      input_size=data.input_size)
     model = build_model(spec)
@@ -211,14 +218,33 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.server, args.token)
 
 
+def warn_about(spec: JobSpec) -> None:
+    """Loud, structured warnings for a spec that is valid but likely not what the user meant."""
+    if spec.model.weights is None:
+        log.warning("model.random_init", arch=spec.model.arch,
+                    note="model.weights is null: the search prunes a randomly initialised model, so its accuracy "
+                         "figures mean nothing; give a checkpoint (or upload:<id>) or {train_epochs: N}")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from service.spec import load_spec
 
     spec = load_spec(args.job)
+    warn_about(spec)
     job = _client(args).submit(spec.model_dump(mode="json", exclude_none=True))
     print(json.dumps({"id": job["id"], "status": job["status"]}))
     if args.wait:
-        return _watch(args, job["id"])
+        return _watch(args, job["id"], summary=True)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise SpecError(f"{args.file}: no such file")
+    answer = _client(args).upload(path)
+    log.info("weights.uploaded", file=str(path), id=answer["id"], size=answer["size"], tensors=answer["tensors"])
+    print(answer["reference"])  # bare, for `model.weights` or a shell variable
     return 0
 
 
@@ -241,7 +267,34 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(args: argparse.Namespace, job_id: str) -> int:
+def result_summary(result: dict[str, Any]) -> str:
+    """What a finished job bought, from its result summary: accuracy before and after fine-tuning,
+    the measured speed-up and the budget verdict."""
+    base, pruned, ratios = result.get("base", {}), result.get("pruned", {}), result.get("ratios", {})
+
+    def acc(split: str) -> str:
+        line = f"{split} accuracy: base {base.get(f'{split}_acc', float('nan')):.4f}, " \
+               f"pruned {pruned.get(f'{split}_acc', float('nan')):.4f}"
+        if f"{split}_acc_ft" in pruned:
+            line += f", after fine-tune {pruned[f'{split}_acc_ft']:.4f}"
+        return line
+
+    lines = [acc("val"), acc("test")]
+    if ratios.get("latency"):
+        ci = ratios.get("latency_ci") or [float("nan")] * 2
+        lines.append(f"speed-up: {1 / ratios['latency']:.2f}x (latency ratio {ratios['latency']:.3f}, "
+                     f"CI [{ci[0]:.3f}, {ci[1]:.3f}])")
+    if "flops" in ratios:
+        lines.append(f"MACs {ratios['flops']:.3f} x base, params {ratios.get('params', float('nan')):.3f} x base")
+    budget = result.get("budget") or {}
+    if budget:
+        verdict = "met" if result.get("budget_met") else "NOT met"
+        target = budget.get("target_ratio", float("nan"))
+        lines.append(f"budget {budget.get('metric')} <= {target:.3f} x base: {verdict}")
+    return "\n".join(lines)
+
+
+def _watch(args: argparse.Namespace, job_id: str, summary: bool = False) -> int:
     client = _client(args)
     bars = EventBars(enabled=not getattr(args, "quiet", False))
     status = "unknown"
@@ -251,12 +304,14 @@ def _watch(args: argparse.Namespace, job_id: str) -> int:
             break
         bars(data)
     job = client.job(job_id)
+    if summary and job.get("result"):
+        print(result_summary(job["result"]))
     print(json.dumps({"id": job_id, "status": status, "error": job.get("error")}))
     return 0 if status == "succeeded" else 1
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    return _watch(args, args.id)
+    return _watch(args, args.id, summary=True)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -265,23 +320,41 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one (not "default: None" on required or optional-unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunesearch", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(prog="prunesearch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"prunesearch {importlib.metadata.version('prunesearch')}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     parser.add_argument("--json-logs", action="store_true", help="log JSON lines instead of key=value")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a zoo model and write safetensors + metadata.json")
-    train.add_argument("--model", required=True)
-    train.add_argument("--dataset", required=True)
-    train.add_argument("--root", default=None, help="dataset root folder")
-    train.add_argument("--epochs", type=float, default=15)
-    train.add_argument("--lr", type=float, default=0.1)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--val-size", type=int, default=5000)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=2)
-    train.add_argument("--out", required=True)
+    train = sub.add_parser("train", help="train a zoo model and write safetensors + metadata.json",
+                           formatter_class=DefaultsShown)
+    models, datasets = available_models(), available_datasets()
+    train.add_argument("--model", required=True, type=_one_of(models, "model"), metavar="MODEL",
+                       help=f"one of: {', '.join(models)}")
+    train.add_argument("--dataset", required=True, type=_one_of(datasets, "dataset"), metavar="DATASET",
+                       help=f"one of: {', '.join(datasets)}")
+    train.add_argument("--root", default=None, help="dataset root folder (fashion-mnist, cifar10)")
+    train.add_argument("--epochs", type=float, default=15, help="training epochs (fractions allowed)")
+    train.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    train.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    train.add_argument("--val-size", type=int, default=None,
+                       help=f"samples held out of train for validation "
+                            f"(default: {TRAIN_VAL_FRACTION * 100:.0f}%% of train)")
+    train.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the data order")
+    train.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    train.add_argument("--out", required=True, help="folder for model.safetensors and metadata.json")
     train.set_defaults(func=cmd_train)
 
     run = sub.add_parser("run", help="run one job in-process (no server) and write its artifacts")
@@ -300,12 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="time cap of the interleaved base/pruned measurement")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    serve = sub.add_parser("serve", help="run the job server (REST API, job runner)")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--db", default=None, help="database URL (default sqlite:///prunesearch.db)")
-    serve.add_argument("--ray-address", default=None)
-    serve.add_argument("--artifact-dir", default=None)
+    serve = sub.add_parser("serve", help="run the job server (REST API, dashboard, job runner)",
+                           description="Every option falls back to its PRUNESEARCH_* variable, then to the "
+                                       "default shown. Tokens, limits and dataset roots are set only by variable "
+                                       "(see README, operator settings).")
+
+    def setting(flag: str, field: str, text: str, **kwargs: Any) -> None:
+        default = Settings.model_fields[field].default
+        serve.add_argument(flag, default=None, help=f"{text} (env PRUNESEARCH_{field.upper()}; "
+                                                    f"default: {default if default is not None else 'unset'})",
+                           **kwargs)
+
+    setting("--host", "host", "interface to bind; beyond loopback only with PRUNESEARCH_TOKENS set")
+    setting("--port", "port", "TCP port", type=int)
+    setting("--db", "database_url", "SQLAlchemy database URL (sqlite:///… or postgresql://…)")
+    setting("--ray-address", "ray_address", "Ray cluster to join (auto, host:port, ray://…); unset: an embedded one")
+    setting("--artifact-dir", "artifact_dir", "folder for job artifacts and uploaded weights")
     serve.set_defaults(func=cmd_serve)
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -315,10 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     submit = client_parser("submit", "submit a job file to the server")
-    submit.add_argument("job")
-    submit.add_argument("--wait", action="store_true", help="follow progress until the job ends")
-    submit.add_argument("--quiet", action="store_true")
+    submit.add_argument("job", help="job file (YAML or JSON)")
+    submit.add_argument("--wait", action="store_true", help="follow progress until the job ends, then print its "
+                                                            "accuracy, speed-up and budget verdict")
+    submit.add_argument("--quiet", action="store_true", help="no progress bars")
     submit.set_defaults(func=cmd_submit)
+    upload = client_parser("upload", "upload a safetensors weights file; prints its upload:<id> reference")
+    upload.add_argument("file", help="a .safetensors file (pickles are refused by the server)")
+    upload.set_defaults(func=cmd_upload)
     for name, func, help_text in (("status", cmd_status, "show a job"), ("watch", cmd_watch, "follow a job live"),
                                   ("cancel", cmd_cancel, "cancel a job")):
         p = client_parser(name, help_text)
@@ -338,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_of(choices: Sequence[str], what: str) -> Any:
+    """An argparse type that accepts a catalog name or a `prefix:<name>` form the catalog lists."""
+    prefixes = tuple(c.split(":", 1)[0] + ":" for c in choices if c.endswith(">"))
+
+    def check(value: str) -> str:
+        if value in choices or (value.startswith(prefixes) and value.split(":", 1)[1]):
+            return value
+        raise argparse.ArgumentTypeError(f"unknown {what} {value!r}; choose from: {', '.join(choices)}")
+    return check
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -353,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as exc:
         print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
         return 2 if 400 <= exc.status < 500 else 1
+    except ServerUnreachableError as exc:
+        print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ class ApiError(RuntimeError):
         super().__init__(f"HTTP {status}: {format_detail(detail)}")
 
 
+class ServerUnreachableError(RuntimeError):
+    """No HTTP answer at all (refused, DNS, timeout, TLS): not an HTTP status, so never "HTTP 0"."""
+
+    def __init__(self, url: str, reason: BaseException) -> None:
+        self.url = url
+        super().__init__(f"cannot reach server at {url}: {reason or type(reason).__name__}")
+
+
 def format_detail(detail: Any) -> str:
     if isinstance(detail, list):  # FastAPI validation errors: name each field
         return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail)
@@ -33,11 +41,18 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    @property
+    def server(self) -> str:
+        return self.base.removesuffix("/api/v1")
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.http.request(method, self.base + path, **kwargs)
+            return self.http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(0, f"cannot reach {self.base}: {exc}") from exc
+            raise ServerUnreachableError(self.server, exc) from exc
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, self.base + path, **kwargs)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -57,6 +72,14 @@ class Client:
     def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
         result: dict[str, Any] = self._call("GET", "/jobs", params=params)
+        return result
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """POST a safetensors file to /weights (streamed from disk); the answer holds `upload:<id>`."""
+        with path.open("rb") as fh:
+            result: dict[str, Any] = self._call("POST", "/weights", content=fh,
+                                                headers={"Content-Type": "application/octet-stream",
+                                                         "Content-Length": str(path.stat().st_size)})
         return result
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -101,30 +124,39 @@ class Client:
     def delete_schedule(self, schedule_id: str) -> None:
         self._call("DELETE", f"/schedules/{schedule_id}")
 
-    def events(self, job_id: str, after: int = 0) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
-        """(id, type, data) for every event, reconnecting with Last-Event-ID if the stream drops."""
+    def events(self, job_id: str, after: int = 0, reconnect_s: float = 300.0
+               ) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
+        """(id, type, data) for every event, reconnecting with Last-Event-ID if the stream drops (a server
+        restart) for up to `reconnect_s`; a server that never answered is reported at once."""
         last = after
+        connected, lost_at = False, 0.0
         while True:
             try:
                 with self.http.stream("GET", f"{self.base}/jobs/{job_id}/events",
                                       headers={"Last-Event-ID": str(last)}, timeout=None) as response:
                     if response.status_code >= 400:
                         raise ApiError(response.status_code, response.read().decode())
+                    connected, lost_at = True, 0.0
                     for event_id, kind, data in _parse_sse(response.iter_lines()):
                         if event_id is not None:
                             last = event_id
                         yield event_id, kind, data
                         if kind == "end":
                             return
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                now = time.monotonic()
+                lost_at = lost_at or now
+                if not connected or now - lost_at > reconnect_s:
+                    raise ServerUnreachableError(self.server, exc) from exc
                 time.sleep(1.0)  # server restarting: resume where we were
 
     def fetch(self, job_id: str, out: Path) -> list[str]:
         out.mkdir(parents=True, exist_ok=True)
         names = []
         for artifact in self._call("GET", f"/jobs/{job_id}/artifacts"):
-            response = self.http.get(self.base.removesuffix("/api/v1") + artifact["url"])
-            response.raise_for_status()
+            response = self._send("GET", self.server + artifact["url"])
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, response.text)
             (out / artifact["name"]).write_bytes(response.content)
             names.append(artifact["name"])
         return names

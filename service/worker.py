@@ -59,6 +59,8 @@ def progress_of(event: Event, progress: dict[str, Any]) -> dict[str, Any]:
     kind = event.get("type")
     if kind == "phase" and event.get("state") == "start":  # counters belong to a phase: start afresh
         progress = {"phase": event["phase"], **{k: v for k, v in progress.items() if k == "best_val_acc"}}
+    elif kind == "phase" and event.get("error") is not None:  # the phase raised: say which, not "done"
+        progress = {**progress, "phase": event["phase"], "failed_phase": event["phase"], "error": event["error"]}
     elif kind in ("evaluation", "progress"):
         progress = {**progress, "done": event.get("done"), "planned": event.get("planned", event.get("total"))}
         if event.get("best_val_acc") is not None:

@@ -27,6 +27,10 @@ CHARTS = ("best", "latency", "flops", "layers", "groups", "sensitivity")
 NOT_FOR_SENSITIVITY = ("amc", "netadapt")
 LATENCY_CHARTS = ("latency", "flops", "layers", "groups", "lut")
 DRAWN = "k => Number(document.querySelector(`[data-chart=\"${k}\"]`).dataset.points) > 0"
+# A finished job's page draws as events stream in and results arrive; `data-complete` says it has both.
+# Reading a chart before it once found the latency legend without the global baseline, whose event is
+# near the end of the stream, while the report fetched over REST had already drawn the chosen plan.
+COMPLETE = '.charts[data-complete="true"]'
 
 
 def _unavailable(reason: str) -> None:
@@ -204,10 +208,15 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
     assert seen[-1] == 100 and any(0 < v < 100 for v in seen) and seen == sorted(seen), seen
     assert page.evaluate("window.__sameDocument") == "yes"
     assert row.locator("td").nth(7).inner_text().endswith("×")  # measured speed-up
+    listed_acc = row.locator("td").nth(6).inner_text()
 
     # The detail page: summary cards, every chart with drawn points, downloads.
     row.locator("a").first.click()
     page.wait_for_selector('[data-card="Latency"]')
+    page.wait_for_selector(COMPLETE)
+    card = page.locator('[data-card="Validation accuracy"]')
+    assert "after fine-tuning" in card.inner_text()  # the headline is the model returned, labelled
+    assert listed_acc.removesuffix("ft").strip() == card.locator(".pruned-val").inner_text()  # as the list shows
     for key in CHARTS:
         page.wait_for_function(DRAWN, arg=key)
         assert chart_points(page, key) > 0, key
@@ -226,6 +235,7 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
     assert wait_status(client, timed["id"], {"succeeded", "failed"})["status"] == "succeeded"
     page.goto(f"{dash.url}/#/jobs/{timed['id']}")
     page.wait_for_selector('[data-card="Latency"]')
+    page.wait_for_selector(COMPLETE)
     for key in LATENCY_CHARTS:
         page.wait_for_function(DRAWN, arg=key)
         assert chart_points(page, key) > 0, key
@@ -264,6 +274,28 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
     page.close()
     if os.environ.get("PRUNESEARCH_UPDATE_DOCS_SCREENSHOT") == "1":
         shutil.copy(SHOTS / "dashboard-job.png", Path(__file__).parent.parent / "docs" / "dashboard.png")
+
+
+def test_failed_job_shows_no_empty_charts_and_the_header_fits_a_phone(browser: Any, dash: Server) -> None:
+    """A job that fails in its data phase has nothing to plot: no empty chart panel. At 420 px the token
+    field stays on screen."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    client = dash.client()
+    failing = client.submit(job_dict(name="dash-fails", dataset={"name": "digits", "val_size": 5000}))
+    assert wait_status(client, failing["id"], {"failed", "succeeded"})["status"] == "failed"
+    page = browser.new_page(viewport={"width": 420, "height": 800})
+    console = Console(page, dash.url)
+    page.goto(f"{dash.url}/#/jobs/{failing['id']}")
+    page.wait_for_selector("#d-badge .badge.failed")
+    page.wait_for_selector(COMPLETE)
+    assert page.locator(".chart-panel:not([hidden])").count() == 0
+    assert "val_size" in page.inner_text("#d-error")
+    box = page.locator("#token").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+    page.screenshot(path=str(SHOTS / "dashboard-failed-420px.png"), full_page=True)
+    assert console.errors == []
+    page.close()
 
 
 def test_static_files_are_served_from_packages(dash: Server) -> None:

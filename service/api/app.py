@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from service import dashboard
 from service.api.routers import jobs, schedules, system, weights
+from service.api.submission import catalog_errors
 from service.config import Settings
 from service.runner import JobRunner
 from service.schedules import metrics as schedule_metrics
@@ -48,7 +53,31 @@ def create_app(settings: Settings | None = None, run_jobs: bool = True) -> FastA
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
+    app.add_exception_handler(RequestValidationError, validation_failed)  # type: ignore[arg-type]
     for router in (jobs.router, weights.router, system.router, schedules.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(dashboard.router)  # the web dashboard at /, outside the API
     return app
+
+
+NOT_JSON = ("the request body must be a JSON object (Content-Type: application/json); YAML job files are "
+            "converted by `prunesearch submit`")
+
+
+def body_errors(errors: list[dict[str, Any]], body: Any, request: Request) -> list[dict[str, Any]]:
+    """One 422 that names every invalid field: the schema's errors plus, for a job spec, the catalog's
+    (an unknown `model.arch` is no schema error, so FastAPI alone would drop it). A body that is not a
+    JSON object (YAML, say) gets one short message instead of being echoed back."""
+    whole = [e for e in errors if list(e.get("loc", ())) == ["body"] or e.get("type") == "json_invalid"]
+    if whole and not isinstance(body, dict):
+        return [{"loc": ["body"], "msg": NOT_JSON, "type": "value_error"}]
+    out = [{k: v for k, v in e.items() if k != "input" or list(e.get("loc", ())) != ["body"]} for e in errors]
+    if request.method == "POST" and request.url.path == f"{API_PREFIX}/jobs" and isinstance(body, dict):
+        seen = {tuple(e.get("loc", ())) for e in out}
+        out += [e for e in catalog_errors(body, request.app.state.settings) if tuple(e["loc"]) not in seen]
+    return out
+
+
+async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = body_errors(list(exc.errors()), exc.body, request)
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)

@@ -113,7 +113,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"detail": f"request body exceeds {limit} bytes (the server's PRUNESEARCH_MAX_SPEC_BYTES)"},
-                        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+                        status_code=status.HTTP_413_CONTENT_TOO_LARGE)
 
 
 def active_jobs(store: JobStore, owner: str) -> int:

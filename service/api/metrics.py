@@ -2,7 +2,9 @@
 
 Workers run in other processes (and other servers may share the database), so in-process counters
 would see only part of the work; the store sees all of it. Each scrape therefore reads the figures
-from the database and renders them as gauges and a histogram.
+from the database and renders them as gauges, counters and a histogram. The counters (`_total`) are
+totals the store only ever adds to (events and finished jobs are never deleted), so Prometheus'
+`rate()` and `increase()` work on them; the 60 s gauge stays for dashboards that read it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from service.store import JobStore
 from service.store.records import STATUSES
 from service.store.store import utcnow
 
 RATE_WINDOW_S = 60.0
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 # Job durations span seconds (a FLOPs bisection) to hours (AMC on a big model).
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
 
@@ -35,6 +38,12 @@ def job_metrics(store: JobStore) -> Iterable[Metric]:
     yield GaugeMetricFamily("prunesearch_evaluations_per_second",
                             f"candidate evaluations finished per second over the last {RATE_WINDOW_S:.0f} s",
                             value=store.count_events("evaluation", since) / RATE_WINDOW_S)
+    yield CounterMetricFamily("prunesearch_evaluations", "candidate evaluations finished, over all jobs",
+                              value=store.count_events("evaluation"))
+    finished = CounterMetricFamily("prunesearch_jobs_finished", "jobs that reached a final status", labels=["status"])
+    for final in FINAL_STATUSES:
+        finished.add_metric([final], counts.get(final, 0))
+    yield finished
     yield duration_histogram(store.finished_durations())
 
 

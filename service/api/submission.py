@@ -2,21 +2,23 @@
 
 422 for a value that is wrong in itself (an architecture the catalog lacks), 400 for a valid
 spec the server cannot satisfy (unknown upload, a device no node has, a budget the space cannot
-reach). Both name the field.
+reach). Both name the field, and every catalog problem of one spec is named in the same 422 — also
+next to the schema's own errors (`catalog_errors` runs on the raw body when the schema fails).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import HTTPException, status
 
-from search_spaces.datasets import available_datasets
+from search_spaces.datasets import available_datasets, missing_files
 from search_spaces.preflight import PreflightError, checked_space
 from search_spaces.space import PruningSpace, SpaceError
 from search_spaces.weights import WeightsError, load_into, read_state_dict
-from search_spaces.zoo import UnknownModelError, build_model
+from search_spaces.zoo import UnknownModelError, available_models, build_model
 from service.config import Settings
 from service.space_check import identity_of, space_settings
 from service.spec import JobSpec
@@ -30,10 +32,34 @@ def field_error(code: int, loc: list[str], msg: str) -> HTTPException:
     return HTTPException(code, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
+def _error(loc: list[str], msg: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": "value_error"}
+
+
+def catalog_errors(body: Mapping[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """Names the catalog lacks (`model.arch`, `dataset.name`) in a raw or validated body, as 422 items."""
+    errors = []
+    model, dataset = body.get("model"), body.get("dataset")
+    arch = model.get("arch") if isinstance(model, Mapping) else None
+    if isinstance(arch, str):
+        known = available_models(settings.model_factories)
+        prefixes = tuple(k.split(":", 1)[0] + ":" for k in known if k.endswith(">"))
+        if arch not in known and not (arch.startswith(prefixes) and arch.split(":", 1)[1]):
+            errors.append(_error(["model", "arch"], f"unknown architecture {arch!r}; available: {known}"))
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    if isinstance(name, str) and (name not in available_datasets() or name.startswith("imagefolder:")):
+        known = [n for n in available_datasets() if not n.startswith("imagefolder")]
+        errors.append(_error(["dataset", "name"], f"unknown dataset {name!r}; available: {known}"))
+    return errors
+
+
 def check_submission(spec: JobSpec, settings: Settings) -> None:
-    """Raise the first problem found; runs in a worker thread (it builds the model once)."""
+    """Raise the problems found (every catalog one at once, else the first 400); runs in a worker thread
+    (it builds the model once)."""
     m, d = spec.model, spec.dataset
     weights = m.weights
+    if errors := catalog_errors(spec.model_dump(), settings):
+        raise HTTPException(422, detail=errors)
     if isinstance(weights, str) and not UPLOAD_REF.fullmatch(weights):
         raise field_error(status.HTTP_400_BAD_REQUEST, ["model", "weights"],
                           "the server takes uploaded weights (upload:<id> from POST /weights) or {train_epochs: N}")
@@ -43,12 +69,15 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
     if getattr(spec.strategy, "storage", None) is not None:
         raise field_error(status.HTTP_400_BAD_REQUEST, ["strategy", "storage"],
                           "the server keeps each Optuna study in the job's folder; storage is for local runs")
-    if d.name not in available_datasets() or d.name.startswith("imagefolder:"):
-        known = [n for n in available_datasets() if not n.startswith("imagefolder")]
-        raise field_error(422, ["dataset", "name"], f"unknown dataset {d.name!r}; available: {known}")
     if d.root is not None and d.root not in settings.dataset_roots.values():
         raise field_error(status.HTTP_400_BAD_REQUEST, ["dataset", "root"],
                           "dataset.root must be left empty (the server's configured root is used)")
+    searched = missing_files(d.name, d.root or settings.dataset_roots.get(d.name))
+    if searched is not None:  # a job that would only fail in its data phase: refuse it now
+        raise field_error(status.HTTP_400_BAD_REQUEST, ["dataset", "name"],
+                          f"this server cannot load dataset {d.name!r}: its files are not in {searched}. The "
+                          f"server's operator provides it with PRUNESEARCH_DATASET_ROOTS, e.g. "
+                          f"PRUNESEARCH_DATASET_ROOTS='{{\"{d.name}\": \"/data/{d.name}\"}}'")
     check_device(spec, settings)
     try:
         model = build_model(m, settings.model_factories)

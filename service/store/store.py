@@ -371,11 +371,14 @@ class JobStore:
         with self._tx() as s:
             return [(end - begin).total_seconds() for begin, end in s.execute(query) if begin and end]
 
-    def count_events(self, kind: str, since: datetime) -> int:
-        """Events of one type created since `since`, over all jobs (evaluations per second)."""
+    def count_events(self, kind: str, since: datetime | None = None) -> int:
+        """Events of one type over all jobs, optionally only those created since `since` (evaluations per
+        second); without `since`, a count that only grows (events are never deleted): a Prometheus counter."""
+        query = select(func.count()).select_from(EventRow).where(EventRow.type == kind)
+        if since is not None:
+            query = query.where(EventRow.created_at >= since)
         with self._tx() as s:
-            return s.scalar(select(func.count()).select_from(EventRow).where(
-                EventRow.type == kind, EventRow.created_at >= since)) or 0
+            return s.scalar(query) or 0
 
     # -- internals --------------------------------------------------------------------------------
 

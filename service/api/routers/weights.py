@@ -31,7 +31,7 @@ async def upload(request: Request, settings: SettingsDep, _: Writer) -> WeightsO
     """The raw safetensors bytes as the body. Nothing is unpickled: a file that is not safetensors is refused."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_upload_bytes:  # refuse before reading a byte
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             detail=f"upload exceeds {settings.max_upload_bytes} bytes")
     weights_id = uuid.uuid4().hex
     folder = settings.artifact_dir / "weights"
@@ -43,7 +43,7 @@ async def upload(request: Request, settings: SettingsDep, _: Writer) -> WeightsO
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
-                    raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                                         detail=f"upload exceeds {settings.max_upload_bytes} bytes")
                 fh.write(chunk)
         if size == 0:

@@ -19,7 +19,8 @@ const MAX_LOG = 300;
 function describe(e) {
   const f = (x) => (typeof x === "number" ? Number(x.toPrecision(4)) : x);
   switch (e.type) {
-    case "phase": return e.state === "start" ? `phase ${e.phase} started` : `phase ${e.phase} done in ${f(e.seconds)} s`;
+    case "phase": return e.state === "start" ? `phase ${e.phase} started`
+      : e.error != null ? `phase ${e.phase} failed after ${f(e.seconds)} s: ${e.error}` : `phase ${e.phase} done in ${f(e.seconds)} s`;
     case "evaluation": return `evaluation ${e.done}${e.planned ? `/${e.planned}` : ""}: val acc ${pct(e.val_acc)}, `
       + `${e.latency_ratio != null ? `latency ×${f(e.latency_ratio)} (${e.latency_source}), ` : ""}FLOPs ${count(e.flops)}, `
       + `${e.meets_budget ? "meets" : "misses"} the budget`;
@@ -46,11 +47,18 @@ function cards(s) {
   const r = s.report;
   if (!r) return `<div class="card"><div class="label">Summary</div><div class="sub">Base vs pruned accuracy, latency, FLOPs and params appear when the job succeeds.</div></div>`;
   const lat = (l) => `${ms(l.median_ms)} <span class="sub">(p10–p90 ${ms(l.p10_ms)}–${ms(l.p90_ms)})</span>`;
-  const pair = (label, base, pruned, sub) => `<div class="card" data-card="${esc(label)}"><div class="label">${label}</div>
+  const pair = (label, base, pruned, sub, title = label) => `<div class="card" data-card="${esc(label)}"><div class="label">${title}</div>
     <div class="value"><span class="base-val">${base}</span> → <span class="pruned-val">${pruned}</span></div><div class="sub">${sub}</div></div>`;
-  const ft = r.pruned.val_acc_ft != null ? `; after fine-tuning ${pct(r.pruned.val_acc_ft)} / ${pct(r.pruned.test_acc_ft)}` : "";
+  // The headline is the model the job returns: fine-tuned when it was (the jobs list shows the same figure).
+  const tuned = r.pruned.val_acc_ft != null;
+  const accuracy = tuned
+    ? pair("Validation accuracy", pct(r.base.val_acc), pct(r.pruned.val_acc_ft),
+      `after fine-tuning; before it ${pct(r.pruned.val_acc)}<br>test ${pct(r.base.test_acc)} → ${pct(r.pruned.test_acc_ft)} `
+      + `(before fine-tuning ${pct(r.pruned.test_acc)})`, "Validation accuracy (after fine-tuning)")
+    : pair("Validation accuracy", pct(r.base.val_acc), pct(r.pruned.val_acc),
+      `no fine-tuning<br>test ${pct(r.base.test_acc)} → ${pct(r.pruned.test_acc)}`);
   return [
-    pair("Validation accuracy", pct(r.base.val_acc), pct(r.pruned.val_acc), `test ${pct(r.base.test_acc)} → ${pct(r.pruned.test_acc)}${ft}`),
+    accuracy,
     `<div class="card" data-card="Latency"><div class="label">Latency (median, ${esc(r.measurement.device)}, batch ${esc(r.measurement.batch_size)})</div>
       <div class="value"><span class="base-val">${ms(r.base.latency.median_ms)}</span> → <span class="pruned-val">${ms(r.pruned.latency_ms)}</span></div>
       <div class="sub">base ${lat(r.base.latency)}<br>pruned ${lat(r.pruned.latency)}<br>speed-up ${(1 / r.ratios.latency).toFixed(2)}× `
@@ -77,7 +85,7 @@ function downloads(s) {
 
 export function renderDetail(root, jobId) {
   const s = { job: null, budget: null, evals: [], baselines: [], curves: {}, sensBase: null, amc: [], netadapt: [],
-    report: null, plan: null, artifacts: null, log: [] };
+    report: null, plan: null, artifacts: null, log: [], streamEnded: false };
   const evalById = new Map();
   root.innerHTML = `
     <div class="small"><a href="#/jobs">← Jobs</a></div>
@@ -98,16 +106,23 @@ export function renderDetail(root, jobId) {
         <div class="chart" id="c-${key}" data-chart="${key}"></div><div class="chart-empty" hidden></div></div>`).join("")}
     </div>`;
   const $ = (sel) => root.querySelector(sel);
-  let alive = true, stopStream = null, pollTimer = null, renderTimer = null, fetchedFinal = false;
+  let alive = true, stopStream = null, pollTimer = null, renderTimer = null, fetchedFinal = false, finalLoaded = false;
+
+  // Whether the page shows all it will: the job ended, its event stream was replayed to its `end`, and
+  // the results (artifacts, plan, report) were fetched. Until then a finished job's page is still
+  // filling in from two sources (the REST results arrive before the tail of a long event stream).
+  const complete = () => Boolean(s.job && TERMINAL.has(s.job.status) && s.streamEnded && finalLoaded);
 
   const drawCharts = () => {
     const strategy = s.job && s.job.spec ? s.job.spec.strategy.name : null;
+    const ended = Boolean(s.job && TERMINAL.has(s.job.status));
     for (const [key, , build, only] of PANELS) {
       const panel = root.querySelector(`[data-panel="${key}"]`);
       panel.hidden = !s.job || (only !== null && only !== strategy);
       if (panel.hidden) continue;
       const out = build(s);
       const chart = panel.querySelector(".chart"), empty = panel.querySelector(".chart-empty");
+      if (out.empty && ended) { panel.hidden = true; chart.dataset.points = "0"; continue; } // nothing will come
       if (out.empty) {
         chart.hidden = true; empty.hidden = false; empty.textContent = out.empty;
         chart.dataset.points = "0";
@@ -147,6 +162,7 @@ export function renderDetail(root, jobId) {
     $("#d-cards").innerHTML = cards(s);
     $("#d-downloads").innerHTML = downloads(s);
     drawCharts();
+    root.querySelector(".charts").dataset.complete = String(complete());
   };
   const schedule = () => { if (!renderTimer) renderTimer = setTimeout(render, 200); };
 
@@ -190,6 +206,7 @@ export function renderDetail(root, jobId) {
         if (!s.report) s.report = await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/artifacts/report.json`);
       }
     } catch (err) { banner(`Could not load the job's results: ${errorText(err)}`); }
+    finalLoaded = true;
     schedule();
   };
 
@@ -202,7 +219,10 @@ export function renderDetail(root, jobId) {
       banner(`Cannot reach the server: ${errorText(err)}`);
     }
     if (!alive) return;
-    if (s.job && !stopStream) stopStream = streamEvents(jobId, onEvent, () => poll(), (err) => banner(`Event stream: ${errorText(err)}`));
+    if (s.job && !stopStream) {
+      stopStream = streamEvents(jobId, onEvent, () => { s.streamEnded = true; poll(); },
+        (err) => banner(`Event stream: ${errorText(err)}`));
+    }
     if (s.job && TERMINAL.has(s.job.status)) await loadFinal();
     schedule();
     if (alive && !(s.job && TERMINAL.has(s.job.status))) pollTimer = setTimeout(poll, 1500);

@@ -3,10 +3,16 @@ import { api, badge, budgetText, dateTime, duration, errorText, esc, jobDuration
 
 const FILTERS = { status: "", strategy: "", text: "" };
 
+/** The returned model's validation accuracy (after fine-tuning when there was one), as the job page's headline. */
 function bestAcc(job) {
   const r = job.result;
-  if (r && r.pruned) return r.pruned.val_acc_ft ?? r.pruned.val_acc;
-  return job.progress ? job.progress.best_val_acc : null;
+  if (r && r.pruned) return { value: r.pruned.val_acc_ft ?? r.pruned.val_acc, tuned: r.pruned.val_acc_ft != null };
+  return { value: job.progress ? job.progress.best_val_acc : null, tuned: false };
+}
+
+function accCell(job) {
+  const { value, tuned } = bestAcc(job);
+  return `${pct(value)}${tuned ? ' <span class="small muted" title="after fine-tuning">ft</span>' : ""}`;
 }
 
 function speedup(job) {
@@ -25,7 +31,7 @@ function row(job) {
     <td>${esc(budgetText(spec.budget))}</td>
     <td>${badge(job.status)}</td>
     <td>${progressBar(job)}${phase}</td>
-    <td class="num">${pct(bestAcc(job))}</td>
+    <td class="num">${accCell(job)}</td>
     <td class="num">${speedup(job)}</td>
     <td>${dateTime(job.started_at)}</td>
     <td class="num">${duration(jobDuration(job))}</td>`;
@@ -55,7 +61,7 @@ export function renderJobs(root, params) {
     </div>
     <div class="panel table-wrap">
       <table id="jobs-table"><thead><tr><th>Name</th><th>Model</th><th>Strategy</th><th>Budget</th><th>Status</th>
-        <th>Progress</th><th class="num">Best val. acc.</th><th class="num">Speed-up</th><th>Started</th><th class="num">Duration</th></tr></thead>
+        <th>Progress</th><th class="num" title="validation accuracy of the returned model; ft: after fine-tuning">Val. acc.</th><th class="num">Speed-up</th><th>Started</th><th class="num">Duration</th></tr></thead>
         <tbody></tbody></table>
       <div id="jobs-state" class="empty">Loading jobs…</div>
     </div>`;
