@@ -13,15 +13,17 @@ Which prefix meets the budget is decided on the device (latency) or by exact cou
 over the path guided by the lookup table, which learns from every plan timed (`LatencyTable.observe`),
 so it lands on the budget in a few timings instead of trusting a table that can be 10% off.
 
-Importance is only an estimate of what fine-tuning will recover, so several variants are allocated
-(importance raised to each `sharpness`; 0 = latency saved alone) and the uniform plan is one more
-path; each variant's plan at the budget is scored like every candidate (BN recalibration, optional
-short fine-tune; EagleEye) and the best one is returned.
+What a removal loses is estimated per *variant*, and no estimate is right everywhere: `taylor` sums
+first-order terms (HALP's), `magnitude` sums weight norms, `sensitivity` reads a measured curve per
+dimension (each pruned alone at a few ratios, scored like every candidate), `kind^p` raises each term
+to the power p, and `uniform` is the one-knob path. Each variant's plan at the budget is scored like
+every candidate (BN recalibration, optional short fine-tune: EagleEye's signal) and the best returned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,9 @@ import torch
 from agents.base import Agent, Candidate, Evaluation, SearchContext
 from search_spaces.space import Dimension
 
+VARIANT_PATTERN = r"^(?P<kind>uniform|sensitivity|taylor|magnitude)(\^(?P<power>[0-9]*\.?[0-9]+))?$"
+VARIANT = re.compile(VARIANT_PATTERN)
+DEFAULT_VARIANTS = ("sensitivity", "taylor", "uniform")
 ALLOCATED = ("channel", "head", "unstructured")  # dimensions with units to allocate; blocks and N:M stay off
 SPARSE_STEPS = 32  # kept counts per fine-grained layer on the walk
 LOOKAHEAD = 4  # grid steps a single removal may take at once
@@ -55,8 +60,9 @@ class HALPAgent(Agent):
     name = "halp"
     resumes_by_replay = True  # deterministic given its history: a replay rebuilds it exactly
 
-    def __init__(self, ctx: SearchContext, importance: str = "taylor", sharpness: Sequence[float] = (0.5, 1.0, 2.0),
-                 include_uniform: bool = True, confirm_steps: int = 5, short_steps: int = 0) -> None:
+    def __init__(self, ctx: SearchContext, variants: Sequence[str] = DEFAULT_VARIANTS,
+                 scan_ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9), confirm_steps: int = 5,
+                 short_steps: int = 0) -> None:
         super().__init__(ctx)
         space = ctx.space
         self.widths = [d for d in space.dimensions if d.granularity in ALLOCATED]
@@ -65,32 +71,52 @@ class HALPAgent(Agent):
                              "dimensions are all on/off (blocks, N:M layers): use another strategy")
         if ctx.budget.measured and ctx.lut is None:
             raise ValueError("halp under a latency budget needs the lookup table")
-        # Taylor needs training batches; a space built without them (tests, tools) ranks by magnitude
-        self.importance_kind = importance if importance != "taylor" or space.has_calibration else "magnitude"
-        self.sharpness = list(sharpness)
+        self.variants = [parse_variant(v) for v in variants]
+        self.scan_ratios = sorted(set(scan_ratios))
         self.confirm_steps, self.short_steps = confirm_steps, short_steps
         self.fixed = {d.name: 0.0 for d in space.dimensions if d not in self.widths}  # blocks stay
         self._ms_cache: dict[tuple[str, int, int], float] = {}
         self._layers = {layer.name: layer for layer in space.layers}
-        self.paths = self._paths(include_uniform)
-        self._pending: dict[int, Path] = {}
+        self.drops: dict[str, list[float]] = {}  # sensitivity: accuracy drop per scan ratio, per dimension
+        self.base_acc: float | None = None
+        self._scanned = not any(kind == "sensitivity" for kind, _ in self.variants)
+        self.paths: list[Path] = [] if not self._scanned else self._paths()
+        self._pending: dict[int, Path | None] = {}
 
     # -- allocation --------------------------------------------------------------------------------
-    def _paths(self, include_uniform: bool) -> list[Path]:
+    def _paths(self) -> list[Path]:
+        paths = []
+        for kind, sharp in self.variants:
+            label = kind if sharp == 1 else f"{kind}^{sharp:g}"
+            paths.append(self._uniform_path() if kind == "uniform" else self._walk(label, self._loss(kind, sharp)))
+        return paths
+
+    def _loss(self, kind: str, sharp: float) -> Callable[[str, int], float]:
+        """What keeping `k` units of a dimension loses, for one variant: the summed importance of the
+        units the criterion removes (raised to `sharp` each), or the measured accuracy drop (sensitivity:
+        a curve per dimension, so removing most of a layer costs what it really costs, not a sum of
+        first-order terms: a Taylor allocation left the 28x28 stage of ResNet-20 2 of 16 channels)."""
         space = self.ctx.space
+        by_name = {d.name: d for d in self.widths}
+        if kind == "sensitivity":
+            assert self.base_acc is not None
+
+            def dropped(n: str, k: int) -> float:
+                d = by_name[n]
+                return _interp_drop(self.scan_ratios, self.drops[n], 1 - k / d.channels) ** sharp
+            return dropped
         scores = space.importance_scores()
         # single weights: their own scores (magnitude, Wanda, OBD) compare across layers as they are
-        values = ({n: v for n, v in scores.items()} if space.sparse else space.unit_importance(self.importance_kind))
-        removal = {}  # importance of each unit in the order the criterion removes them
-        for d in self.widths:
+        if space.sparse:
+            values = scores
+        else:
+            values = space.unit_importance(kind if kind != "taylor" or space.has_calibration else "magnitude")
+        lost: dict[str, list[float]] = {}
+        for d in self.widths:  # importance of each unit in the order the criterion removes them
             order = torch.argsort(scores[d.name], stable=True) if d.name in scores else torch.arange(d.channels)
-            v = values.get(d.name, torch.ones(d.channels))
-            removal[d.name] = v[order]
-        paths = [self._walk(f"sharpness {s:g}", {n: v.clamp_min(1e-12) ** s for n, v in removal.items()})
-                 for s in self.sharpness]
-        if include_uniform:
-            paths.append(self._uniform_path())
-        return paths
+            v = values.get(d.name, torch.ones(d.channels))[order].double().clamp_min(1e-12) ** sharp
+            lost[d.name] = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(v, 0)]).tolist()
+        return lambda n, k: lost[n][by_name[n].channels - k]
 
     def _steps(self, d: Dimension) -> list[int]:
         if self.ctx.budget.measured and self.ctx.lut is not None:
@@ -100,29 +126,25 @@ class HALPAgent(Agent):
             step = max(1, -(-d.channels // (SPARSE_STEPS * d.round_to))) * d.round_to
         return sorted({*range(d.min_kept, d.channels + 1, step), d.channels})
 
-    def _walk(self, name: str, unit_value: Mapping[str, torch.Tensor]) -> Path:
-        """Greedy knapsack from the base to the smallest plan: least importance lost per resource saved."""
+    def _walk(self, name: str, loss: Callable[[str, int], float]) -> Path:
+        """Greedy knapsack from the base to the smallest plan: least loss per resource saved."""
         steps = {d.name: self._steps(d) for d in self.widths}
-        lost = {n: torch.cat([torch.zeros(1), torch.cumsum(v.double(), 0)]).tolist() for n, v in unit_value.items()}
         pos = {n: len(s) - 1 for n, s in steps.items()}
         kept = {d.name: d.channels for d in self.ctx.space.dimensions}
         cost = self._cost_fn()
         now = cost(kept)
         base = now
         plans, predicted = [dict(kept)], [1.0]
-        by_name = {d.name: d for d in self.widths}
         while True:
             choice: tuple[float, str, int, float] | None = None
             for n, p in pos.items():
-                d = by_name[n]
                 for j in range(1, min(LOOKAHEAD, p) + 1):
                     new = steps[n][p - j]
-                    trial = {**kept, n: new}
-                    saved = now - cost(trial)
+                    saved = now - cost({**kept, n: new})
                     if saved <= base * 1e-9:
                         continue
-                    value = (lost[n][d.channels - new] - lost[n][d.channels - kept[n]]) / saved
-                    if choice is None or value < choice[0]:
+                    value = (loss(n, new) - loss(n, kept[n])) / saved
+                    if choice is None or (value, -saved) < (choice[0], -choice[3]):
                         choice = (value, n, p - j, saved)
             if choice is None:
                 break
@@ -222,6 +244,14 @@ class HALPAgent(Agent):
         return hi - max(1, -(-(hi - path.lo) // 4))
 
     def suggest(self) -> list[Candidate]:
+        if not self._scanned:  # sensitivity: each dimension alone at each scan ratio, plus the base
+            if self._pending:
+                return []
+            batch = [self.candidate({}, latency="none", short_steps=0, group=None, ratio=0.0)]
+            batch += [self.candidate({d.name: min(r, d.max_ratio)}, latency="none", short_steps=0, group=d.name,
+                                     ratio=r) for d in self.widths for r in self.scan_ratios]
+            self._pending = {c.id: None for c in batch}
+            return batch
         out = []
         for path in self.paths:
             if path.done:
@@ -238,9 +268,39 @@ class HALPAgent(Agent):
                 break  # exact budgets: one scoring per batch, each checkpointed (latency probes run in parallel)
         return out
 
-    def observe(self, results: Sequence[Evaluation]) -> None:
+    def _record_scan(self, results: Sequence[Evaluation]) -> None:
         for r in results:
+            group, ratio = r.candidate.tag["group"], r.candidate.tag["ratio"]
+            if group is None:
+                self.base_acc = float(r.val_acc or 0.0)
+            else:
+                self.drops.setdefault(group, [0.0] * len(self.scan_ratios))[self.scan_ratios.index(ratio)] = \
+                    -float(r.val_acc or 0.0)  # made a drop once the base is known
+        if self._pending:
+            return
+        assert self.base_acc is not None
+        for n, accs in self.drops.items():
+            worst, curve = 0.0, []
+            for a in accs:  # monotone: pruning more never recovers accuracy
+                worst = max(worst, self.base_acc + a)
+                curve.append(worst)
+            self.drops[n] = curve
+        self._scanned = True
+        self.paths = self._paths()
+        self.ctx.emit({"type": "halp_scan", "base_val_acc": self.base_acc, "ratios": self.scan_ratios,
+                       "drops": self.drops})
+
+    def observe(self, results: Sequence[Evaluation]) -> None:
+        scans = [r for r in results if "group" in r.candidate.tag]
+        for r in scans:
+            self._pending.pop(r.candidate.id)
+        if scans:
+            self._record_scan(scans)
+        for r in results:
+            if "group" in r.candidate.tag:
+                continue
             path = self._pending.pop(r.candidate.id)
+            assert path is not None
             i = int(r.candidate.tag["index"])
             path.probes.append({"index": i, "meets_budget": r.meets_budget, "val_acc": r.val_acc,
                                 "latency_ratio": r.latency_ratio, "predicted": path.predicted[i]})
@@ -257,13 +317,34 @@ class HALPAgent(Agent):
         return max(found, key=lambda e: (e.val_acc or 0.0, -(e.latency_ratio or 0.0)), default=None)
 
     def planned_evaluations(self) -> int:
-        return len(self.paths) * (self.confirm_steps if self.ctx.budget.measured else 1)
+        scan = 0 if self._scanned and not self.drops else 1 + len(self.widths) * len(self.scan_ratios)
+        return scan + len(self.variants) * (self.confirm_steps if self.ctx.budget.measured else 1)
 
     def summary(self) -> dict[str, Any]:
         chosen = self.best()
-        return {"importance": self.importance_kind, "lookahead": LOOKAHEAD,
+        return {"variants_asked": [f"{k}^{p:g}" for k, p in self.variants], "lookahead": LOOKAHEAD,
+                "scan": {"base_val_acc": self.base_acc, "ratios": self.scan_ratios, "drops": self.drops},
                 "lut_scale": self.ctx.lut.scale if self.ctx.lut is not None else None,
                 "variants": [{"name": p.name, "path_length": len(p.plans), "probes": p.probes,
                               "val_acc": p.best.val_acc if p.best else None,
                               "latency_ratio": p.best.latency_ratio if p.best else None,
                               "chosen": chosen is not None and p.best is chosen} for p in self.paths]}
+
+
+def parse_variant(text: str) -> tuple[str, float]:
+    """`kind` or `kind^power`: how a variant values what it removes (see `HALPAgent._loss`)."""
+    m = VARIANT.match(text)
+    if m is None:
+        raise ValueError(f"strategy.variants: {text!r} is not uniform, sensitivity, taylor or magnitude "
+                         "(optionally ^power, e.g. taylor^2)")
+    return m["kind"], float(m["power"] or 1.0)
+
+
+def _interp_drop(ratios: Sequence[float], drops: Sequence[float], ratio: float) -> float:
+    """Accuracy drop at `ratio`, linear between the scanned points (0 at ratio 0)."""
+    xs, ys = [0.0, *ratios], [0.0, *drops]
+    if ratio >= xs[-1]:
+        return ys[-1]
+    i = max(k for k in range(len(xs)) if xs[k] <= ratio)
+    t = (ratio - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[i] + t * (ys[i + 1] - ys[i])

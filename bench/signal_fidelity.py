@@ -1,6 +1,6 @@
 """Does the score a search sees predict the accuracy after the final fine-tune? (EagleEye's question)
 
-About 20 plans at one latency budget (ResNet-20 / Fashion-MNIST, CPU 1 thread, batch 32, eager, 0.55x
+About 14 plans at one latency budget (ResNet-20 / Fashion-MNIST, CPU 1 thread, batch 32, eager, 0.55x
 on the lookup table): HALP allocations of several sharpness and importance kinds, the uniform and
 global plans, and random per-group perturbations of uniform, each bisected onto the same predicted
 latency. For each plan, the search signals (validation accuracy on 1000 samples after BN
@@ -8,7 +8,7 @@ recalibration, then after N short fine-tune steps) and the final result (test ac
 same distilled cosine fine-tune every quality row gets). The Kendall tau between each signal and the
 final accuracy says which signal a search may trust. Resumable: plans already in the JSON are kept.
 
-    python bench/signal_fidelity.py [--plans 20] [--final-epochs 0.5] [--threads 1]
+    python bench/signal_fidelity.py [--plans 14] [--final-epochs 0.5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from agents.budget import Budget
 from agents.halp import HALPAgent
 from bench.results_io import RESULTS, environment, markdown_table, write
 from measurement.accuracy import accuracy
-from measurement.evaluator import AccuracyRecipe, restore_accuracy
+from measurement.evaluator import AccuracyRecipe, LocalEvaluator, restore_accuracy
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
 from measurement.training import Distillation, fit
@@ -47,7 +47,7 @@ from service.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints/resnet20_fashion-mnist/model.safetensors"
 TARGET = 0.55
-SHORT_STEPS = (0, 20, 100)
+SHORT_STEPS = (0, 20, 50)
 NAME = "signal_fidelity"
 
 
@@ -77,15 +77,18 @@ def on_budget(space: PruningSpace, lut: LatencyTable, knob: Any, top: float = 0.
     return knob(hi)
 
 
-def plans(space: PruningSpace, lut: LatencyTable, budget: Budget, n: int) -> dict[str, dict[str, float]]:
+def plans(data: Any, space: PruningSpace, lut: LatencyTable, budget: Budget, n: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {"uniform": on_budget(space, lut, space.uniform),
                                         "global": on_budget(space, lut, global_ranking(space))}
-    for kind, sharp in (("taylor", (0.0, 0.5, 1.0, 2.0)), ("magnitude", (1.0, 2.0))):
-        agent = HALPAgent(SearchContext(space, budget, 0, lut=lut), importance=kind, sharpness=sharp,
-                          include_uniform=False)
-        for path in agent.paths:
+    variants = ["sensitivity", "taylor^0", "taylor^0.5", "taylor", "taylor^2", "magnitude", "magnitude^2"]
+    agent = HALPAgent(SearchContext(space, budget, 0, lut=lut), variants=variants, scan_ratios=(0.25, 0.5, 0.75, 0.9))
+    meter = LatencyMeter(MeterSettings(batch_size=32, threads=1))
+    scan = LocalEvaluator(space, data, budget, AccuracyRecipe(recalibration_batches=5, val_limit=1000), meter, lut)
+    agent.observe(scan(agent.suggest()))  # the sensitivity scan: accuracy only, nothing timed
+    for path in agent.paths:
+        if path.name != "uniform":
             i = next(i for i, k in enumerate(path.plans) if lut.ratio(k) <= TARGET)
-            out[f"halp {kind} {path.name}"] = agent._ratios(path.plans[i])
+            out[f"halp {path.name}"] = agent._ratios(path.plans[i])
     g = torch.Generator().manual_seed(0)
     k = 0
     while len(out) < n:
@@ -141,7 +144,7 @@ def render(rows: list[dict[str, Any]], env: dict[str, Any], final_epochs: float)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--plans", type=int, default=20)
+    parser.add_argument("--plans", type=int, default=14)
     parser.add_argument("--final-epochs", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--note", default="", help="what else ran on the machine")
@@ -154,7 +157,7 @@ def main() -> None:
     env = {**environment(), "note": args.note}
     data, space, lut, budget = setup(args.data_root)
     done = {r["plan"] for r in rows}
-    for name, ratios in plans(space, lut, budget, args.plans).items():
+    for name, ratios in plans(data, space, lut, budget, args.plans).items():
         if name in done:
             continue
         flops, _ = space.cost(ratios)

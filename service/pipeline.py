@@ -69,9 +69,13 @@ class Phases:
         start = time.perf_counter()
         try:
             yield
-        finally:
+        except BaseException as exc:  # the end of a failed phase says so: consumers show it as failed
             self.seconds[name] = round(time.perf_counter() - start, 3)
-            self.emit({"type": "phase", "phase": name, "state": "end", "seconds": self.seconds[name]})
+            self.emit({"type": "phase", "phase": name, "state": "end", "seconds": self.seconds[name],
+                       "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        self.emit({"type": "phase", "phase": name, "state": "end", "seconds": self.seconds[name]})
 
 
 def step_progress(emit: Emit, phase: str, every: int = 10) -> Callable[[int, int, float], None]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agents.halp import VARIANT_PATTERN
 from search_spaces.kinds import KindError, check_kinds
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation",
@@ -198,21 +199,21 @@ class OptunaStrategy(Strict):
 
 
 class HALPStrategy(Strict):
-    """Latency-aware resource allocation (HALP, NVIDIA 2022): channel importance against its lookup-table
-    latency cost, allocated greedily as a knapsack under the budget, confirmed on the device; the variants
-    it allocates are scored (BN recalibration, EagleEye) and the best is kept."""
+    """Latency-aware resource allocation (HALP, NVIDIA 2022): what each unit removed loses against its
+    lookup-table latency (or MACs, params), allocated greedily as a knapsack under the budget, each
+    variant landed on the budget on the device and scored (BN recalibration, EagleEye); the best is kept."""
 
     name: Literal["halp"]
-    importance: Literal["taylor", "magnitude"] = Field(
-        "taylor", description="taylor: first-order loss change of each channel's BN scale and shift on "
-                              "training batches (HALP's); magnitude: the job's criterion, not normalised")
-    sharpness: list[Annotated[float, Field(ge=0, le=8)]] = Field(
-        default_factory=lambda: [0.5, 1.0, 2.0], min_length=1, max_length=12,
-        description="importance exponents: each allocates one variant; 0 = latency saved only")
-    include_uniform: bool = Field(True, description="also score the uniform plan at the budget, so the search "
-                                                    "never returns a plan it scored below it")
+    variants: list[Annotated[str, Field(pattern=VARIANT_PATTERN)]] = Field(
+        default_factory=lambda: ["sensitivity", "taylor", "uniform"], min_length=1, max_length=12,
+        description="how each allocation values what it removes: sensitivity (accuracy drop of each group pruned "
+                    "alone), taylor (first-order loss change, HALP's), magnitude, uniform (one ratio); kind^p raises "
+                    "each term to the power p")
+    scan_ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 0.9], min_length=1, max_length=20,
+        description="ratios each group is scanned at for the sensitivity variant")
     confirm_steps: int = Field(5, ge=1, le=30, description="device timings per variant to land it on the budget")
-    short_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring a variant")
+    short_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring a variant's plan")
 
 
 STRATEGY_MODELS = (BisectionStrategy, SensitivityStrategy, NetAdaptStrategy, AMCStrategy, OptunaStrategy, HALPStrategy)

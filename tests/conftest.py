@@ -29,7 +29,7 @@ FAST_STRATEGIES: dict[str, dict[str, Any]] = {
     "netadapt": {"initial_fraction": 0.25, "decay": 1.0, "short_steps": 2, "max_iterations": 6},
     "amc": {"episodes": 6, "warmup_episodes": 3, "batch_size": 8},
     "optuna": {"trials": 8, "parallel": 2},
-    "halp": {"sharpness": [1.0], "confirm_steps": 3},
+    "halp": {"variants": ["sensitivity", "taylor", "uniform"], "scan_ratios": [0.5], "confirm_steps": 3},
 }
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -111,3 +112,16 @@ def test_unknown_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["run"])
     assert info.value.code == 2
+
+
+def test_a_failed_phase_ends_with_its_error() -> None:
+    from service.pipeline import Phases
+
+    events: list[dict[str, Any]] = []
+    phases = Phases(events.append)
+    with pytest.raises(ValueError), phases("data"):
+        raise ValueError("dataset.root: not found")
+    assert events[-1]["state"] == "end" and events[-1]["error"] == "ValueError: dataset.root: not found"
+    with phases("space"):
+        pass
+    assert "error" not in events[-1]
