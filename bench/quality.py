@@ -36,9 +36,12 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "netadapt": {"initial_fraction": 0.1, "decay": 0.96, "short_steps": 10},
     "amc": {"episodes": 100, "warmup_episodes": 20},
     "optuna": {"trials": 50, "parallel": 2},
+    "halp": {},
 }
 BUDGETS: dict[str, dict[str, Any]] = {
     "latency 0.5x": {"metric": "latency_ms", "target": 0.5},
+    **{f"latency {t}x{b}": {"metric": "latency_ms", "target": t, **({"batch_size": 1} if b else {})}
+       for t in (0.4, 0.55, 0.7) for b in ("", " b1")},
     "flops 0.5x": {"metric": "flops", "target": 0.5},
     "latency 0.6x b1": {"metric": "latency_ms", "target": 0.6, "batch_size": 1},
     "params 0.5x": {"metric": "params", "target": 0.5},  # non-zero parameters in fine-grained spaces
@@ -49,6 +52,8 @@ CHECKPOINTS = ROOT / "checkpoints"
 MODELS: dict[str, dict[str, Any]] = {
     "resnet20": {"arch": "resnet20", "weights": CHECKPOINTS / "resnet20_fashion-mnist/model.safetensors",
                  "base_lr": 0.1},
+    "mobilenetv2": {"arch": "mobilenetv2", "weights": CHECKPOINTS / "mobilenetv2_fashion-mnist/model.safetensors",
+                    "base_lr": 0.1},
     "vit_tiny": {"arch": "vit_tiny", "weights": CHECKPOINTS / "vit_tiny_fashion-mnist/model.safetensors",
                  "base_lr": 0.05},
 }
@@ -58,10 +63,17 @@ SPACES: dict[str, dict[str, Any]] = {  # name -> model and the kinds of dimensio
     "resnet20 unstructured": {"model": "resnet20", "dimensions": ["unstructured"]},
     "resnet20 2:4": {"model": "resnet20", "dimensions": ["nm"]},
     "vit_tiny": {"model": "vit_tiny", "dimensions": ["channel"]},
+    "mobilenetv2": {"model": "mobilenetv2", "dimensions": ["channel"]},
 }
 CRITERIA = ("l1", "bn_scale", "taylor", "fpgm")
 Row = tuple[str, str, str, str]  # strategy, budget, criterion, space
+LATENCY_STRATEGIES = ("uniform", "global", "halp")  # baselines first, then the searched rows
 SUITES: dict[str, list[Row]] = {
+    # the headline (issue: search that pays): measured latency, both architectures, batch 32 and 1, the same
+    # distilled fine-tune for every row; width + depth (Optuna on channels + blocks) as a searched space at batch 1
+    "latency": [(s, f"latency {t}x{b}", "l1", arch) for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
+                for t in (0.55, 0.4, 0.7) for s in LATENCY_STRATEGIES]
+    + [("optuna", f"latency {t}x b1", "l1", "resnet20+depth") for t in (0.55, 0.4, 0.7)],
     # the headline table: every strategy, one criterion, two budgets
     "main": [(s, b, "l1", "resnet20") for b in ("latency 0.5x", "flops 0.5x") for s in STRATEGIES],
     # criteria under the strategy that wins the main table at 0.5x FLOPs
@@ -77,11 +89,14 @@ SUITES: dict[str, list[Row]] = {
     # attention heads, MLP width and embedding width of a small ViT
     "vit": [(s, "flops 0.5x", "l1", "vit_tiny") for s in ("uniform", "global", "amc")],
 }
-FINETUNE_EPOCHS = 0.35  # ~150 SGD steps at batch 128: the same short fine-tune for every row
+FINETUNE_EPOCHS = 0.35  # ~150 SGD steps at batch 128: the same short fine-tune for every row (older suites)
+LATENCY_FINETUNE = {"final_epochs": 0.5, "distill": True}  # the latency suite: distilled from the base, cosine
 
 
 def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space: str, data_root: str) -> JobSpec:
     model = MODELS[SPACES[space]["model"]]
+    finetune = LATENCY_FINETUNE if budget.get("target") in (0.4, 0.55, 0.7) else {"final_epochs": FINETUNE_EPOCHS,
+                                                                                  "distill": False}
     budget = dict(budget)
     batch_size = budget.pop("batch_size", 32)
     return parse_spec({
@@ -97,7 +112,7 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space:
         "dimensions": SPACES[space]["dimensions"],
         "evaluation": {"val_limit": 1000, "recalibration_batches": 5},
         "measurement": {"max_seconds": 10},
-        "finetune": {"final_epochs": FINETUNE_EPOCHS, "base_lr": model["base_lr"]},
+        "finetune": {**finetune, "base_lr": model["base_lr"]},
         "seed": seed,
     })
 
@@ -106,6 +121,10 @@ def row(spec: JobSpec, budget_name: str, space: str, report: dict[str, Any], wal
     base, pruned, ratios = report["base"], report["pruned"], report["ratios"]
     sizes = report.get("size_bytes", {})
     return {
+        "arch": spec.model.arch, "batch_size": spec.device.batch_size,
+        "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
+        "source": report.get("selected", {}).get("source"), "verdict": report.get("budget_verdict"),
+        "teacher_test_acc": report.get("teacher", {}).get("test_acc"),
         "strategy": spec.strategy.name, "budget": budget_name, "budget_metric": spec.budget.metric,
         "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
         "val_acc": pruned["val_acc"], "test_acc": pruned["test_acc"], "test_acc_ft": pruned.get("test_acc_ft"),
@@ -123,6 +142,82 @@ def load_rows() -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def _mean(vals: list[float]) -> float:
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, recomputed from the rows: per architecture and batch size, the best searched
+    strategy against the better baseline (mean over seeds), and every returned model on its budget."""
+    suite = [r for r in rows if r.get("finetune", "").endswith("distilled") and r["budget_metric"] == "latency_ms"]
+    out = []
+    for arch, batch in sorted({(r["arch"], r["batch_size"]) for r in suite}):
+        for target in (0.55, 0.4, 0.7):
+            cell = [r for r in suite if (r["arch"], r["batch_size"], r["budget_target"]) == (arch, batch, target)]
+            if not cell:
+                continue
+            by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for r in cell:
+                by.setdefault((r["strategy"], r.get("space", arch)), []).append(r)
+            mean = {k: (_mean([r["test_acc"] for r in v]), _mean([r["test_acc_ft"] for r in v]), len(v))
+                    for k, v in by.items()}
+            base = [v for k, v in mean.items() if k[0] in ("uniform", "global")]
+            searched = {k: v for k, v in mean.items() if k[0] not in ("uniform", "global")}
+            if not base or not searched:
+                continue
+            best_key = max(searched, key=lambda k: searched[k][1])
+            b_before, b_after = max(v[0] for v in base), max(v[1] for v in base)
+            s_before, s_after, seeds = searched[best_key]
+            ratios = [r["latency_ratio"] / target for r in cell]
+            need_before, need_after = (0.03, 0.005) if target == 0.55 else (None, 0.0)
+            out.append({
+                "arch": arch, "batch_size": batch, "target": target, "best searched": "/".join(best_key),
+                "seeds": seeds, "gain before FT": s_before - b_before, "gain after FT": s_after - b_after,
+                "wanted": f"≥ +{need_before:.3f} / +{need_after:.3f}" if need_before else "after FT ≥ 0",
+                "met": ("yes" if (need_before is None or s_before - b_before >= need_before)
+                        and s_after - b_after >= need_after else "NO"),
+                "ratio/target range": f"{min(ratios):.3f}–{max(ratios):.3f}",
+                "budgets held": "yes" if all(0.9 <= x <= 1.03 for x in ratios) else "NO",
+                "max search s": max(r["search_seconds"] for r in cell if r["strategy"] not in ("uniform", "global"))})
+    return out
+
+
+def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
+    """Test accuracy after fine-tuning against the measured latency ratio, one PNG per architecture and batch
+    size: the uniform plans as a line, every other strategy's plans as points."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the `bench` extra; the table does not need it
+        return []
+    suite = [r for r in rows if r.get("finetune", "").endswith("distilled") and r["budget_metric"] == "latency_ms"]
+    names = []
+    for arch, batch in sorted({(r["arch"], r["batch_size"]) for r in suite}):
+        cell = [r for r in suite if (r["arch"], r["batch_size"]) == (arch, batch)]
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        uni = sorted((r["latency_ratio"], r["test_acc_ft"]) for r in cell if r["strategy"] == "uniform")
+        if uni:
+            ax.plot(*zip(*uni, strict=True), "-o", color="#54a24b", label="uniform")
+        for (strategy, space), marker in zip(sorted({(r["strategy"], r.get("space", arch)) for r in cell
+                                                     if r["strategy"] != "uniform"}), "sD^vP*X", strict=False):
+            pts = [(r["latency_ratio"], r["test_acc_ft"]) for r in cell
+                   if (r["strategy"], r.get("space", arch)) == (strategy, space)]
+            label = strategy if space == arch else f"{strategy} ({space})"
+            ax.scatter(*zip(*pts, strict=True), marker=marker, label=label, zorder=3)
+        ax.set_xlabel("latency ratio (re-measured in a fresh process)")
+        ax.set_ylabel("test accuracy after fine-tune")
+        ax.set_title(f"{arch}, CPU 1 thread, batch {batch}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        name = f"quality_{arch}_b{batch}.png"
+        fig.tight_layout()
+        fig.savefig(RESULTS / name)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     def summarise(group: list[dict[str, Any]]) -> dict[str, Any]:
         out = dict(group[0])
@@ -136,6 +231,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             fmt = ".0f" if key in ("search_seconds", "evaluations", "sparse_kb") else ".3f"
             out[key] = f"{mean:{fmt}}" + (f" ± {spread:{fmt}}" if spread else "")
         out["seeds"] = len(group)
+        out["source"] = ", ".join(sorted({str(r.get("source")) for r in group}))
         out["budget_met"] = f"{sum(bool(r['budget_met']) for r in group)}/{len(group)}"
         return out
 
@@ -150,7 +246,18 @@ def render(rows: list[dict[str, Any]]) -> str:
         return markdown_table([summarise(g) for _, g in sorted(groups.items())], cols)
 
     cpus = sorted({r.get("cpu", "?") for r in rows})  # each row names the machine it ran on
+    plots = plot_latency(rows)
     parts = [f"# Search quality — Fashion-MNIST (2-core VMs: {', '.join(cpus)})", "",
+             "## Measured latency budgets: searched vs uniform and global, same distilled fine-tune", "",
+             f"Every row: {LATENCY_FINETUNE['final_epochs']} epoch fine-tune distilled from the unpruned base (T=4, "
+             "alpha=0.9, cosine LR); latency ratio re-timed against the base in a fresh process; `source` says "
+             "which plan the job returned (its own search or a baseline it measured). Targets recomputed from "
+             "quality.json:", "",
+             markdown_table(latency_targets(rows), ["arch", "batch_size", "target", "best searched", "seeds",
+                                                    "gain before FT", "gain after FT", "wanted", "met",
+                                                    "ratio/target range", "budgets held", "max search s"]), "",
+             table(SUITES["latency"], ("budget", "space", "strategy"), ("source",)), "",
+             *[f"![{p}]({p})" for p in plots], "",
              "Accuracy: validation (1000 samples during search, all 5000 here) and test before fine-tune, test "
              f"after the same {FINETUNE_EPOCHS} epoch fine-tune; latency ratio re-measured on the returned model "
              "(CPU, 1 thread, eager, batch 32 unless the budget says b1); mean ± half-range over seeds.", "",

@@ -54,9 +54,7 @@ export function renderJobs(root, params) {
       <select id="f-status"><option value="">all statuses</option>
         ${["queued", "running", "succeeded", "failed", "cancelled"].map((s) => `<option ${FILTERS.status === s ? "selected" : ""}>${s}</option>`).join("")}
       </select>
-      <select id="f-strategy"><option value="">all strategies</option>
-        ${["uniform", "global", "sensitivity", "netadapt", "amc", "optuna"].map((s) => `<option ${FILTERS.strategy === s ? "selected" : ""}>${s}</option>`).join("")}
-      </select>
+      <select id="f-strategy"><option value="">all strategies</option></select>
       <a class="button" href="#/new">New job</a>
     </div>
     <div class="panel table-wrap">
@@ -65,6 +63,11 @@ export function renderJobs(root, params) {
         <tbody></tbody></table>
       <div id="jobs-state" class="empty">Loading jobs…</div>
     </div>`;
+  // the strategies come from the catalog (their one declaration), never from a copy here
+  api("/api/v1/catalog").then((cat) => {
+    root.querySelector("#f-strategy").insertAdjacentHTML("beforeend", Object.keys(cat.strategies)
+      .map((s) => `<option ${FILTERS.strategy === s ? "selected" : ""}>${esc(s)}</option>`).join(""));
+  }).catch(() => {});
   const tbody = root.querySelector("tbody");
   const state = root.querySelector("#jobs-state");
   let jobs = [];
