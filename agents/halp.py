@@ -37,7 +37,7 @@ VARIANT = re.compile(VARIANT_PATTERN)
 DEFAULT_VARIANTS = ("sensitivity", "taylor", "uniform")
 ALLOCATED = ("channel", "head", "unstructured")  # dimensions with units to allocate; blocks and N:M stay off
 SPARSE_STEPS = 32  # kept counts per fine-grained layer on the walk
-LOOKAHEAD = 4  # grid steps a single removal may take at once
+LOOKAHEAD = 16  # grid steps one removal may take at once: the whole grid, to reach past any flat stretch
 USED_ENOUGH = 0.02  # a plan within 2% under the budget ends its path's search
 Kept = dict[str, int]
 

@@ -86,8 +86,8 @@ def plans(data: Any, space: PruningSpace, lut: LatencyTable, budget: Budget, n: 
     scan = LocalEvaluator(space, data, budget, AccuracyRecipe(recalibration_batches=5, val_limit=1000), meter, lut)
     agent.observe(scan(agent.suggest()))  # the sensitivity scan: accuracy only, nothing timed
     for path in agent.paths:
-        if path.name != "uniform":
-            i = next(i for i, k in enumerate(path.plans) if lut.ratio(k) <= TARGET)
+        i = next((i for i, k in enumerate(path.plans) if lut.ratio(k) <= TARGET), None)
+        if i is not None:  # a walk can end above the target: nothing it could still remove saves latency
             out[f"halp {path.name}"] = agent._ratios(path.plans[i])
     g = torch.Generator().manual_seed(0)
     k = 0
