@@ -5,7 +5,8 @@ Phase 1 evaluates every (group, ratio) pair alone, plus the unpruned model, in o
 threshold t, each group gets the largest ratio whose interpolated accuracy drop is at most t;
 bisection on t finds the smallest loss whose plan meets the budget (exact FLOPs/params, or the
 latency lookup table). The chosen plan is then evaluated for real; for a measured latency budget,
-a miss caused by lookup-table error nudges t up and tries again. Cheap, but blind to interactions
+a miss caused by lookup-table error doubles t and tries again (the last try takes the most pruned
+plan the curves allow). Cheap, but blind to interactions
 between layers. A binary dimension (a block, an N:M layer) is scanned once, switched on, and is
 switched on by every threshold at or above its drop.
 """
@@ -102,7 +103,12 @@ class SensitivityAgent(Agent):
             return batch
         if self._best is not None or self.confirmations >= MAX_CONFIRMATIONS or self.base_acc is None:
             return []
-        start = 0.0 if self.threshold is None else self.threshold * 1.1 + 1e-3
+        # A miss means the table under-predicted this plan: double the threshold, and let the last
+        # confirmation take the most pruned plan the curves allow, so a reachable budget always ends
+        # with a plan instead of a search that ran out of confirmations one nudge short of it.
+        start = 0.0 if self.threshold is None else self.threshold * 2 + 1e-3
+        if self.confirmations == MAX_CONFIRMATIONS - 1:
+            start = max(max(self.drops(d.name)) for d in self.ctx.space.dimensions)
         threshold = self._solve_threshold(start)
         if threshold is None:
             return []

@@ -283,13 +283,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(STRATEGIES), help="restrict to these strategies")
     parser.add_argument("--budgets", nargs="*", default=list(BUDGETS), help="restrict to these budgets")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--spaces", nargs="*", default=list(SPACES), help="restrict to these spaces (models)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared/datasets/fashion-mnist"))
     parser.add_argument("--runs", default="/tmp/prunesearch-quality")
     args = parser.parse_args()
     rows = load_rows()
     done = {(r["strategy"], r["budget"], r["seed"], r["criterion"], r.get("space", "resnet20")) for r in rows}
     todo = [(s, b, seed, c, sp) for suite in args.suites for (s, b, c, sp) in SUITES[suite] for seed in args.seeds
-            if s in args.only and b in args.budgets]
+            if s in args.only and b in args.budgets and sp in args.spaces]
     for strategy, budget_name, seed, criterion, space in todo:
         if (strategy, budget_name, seed, criterion, space) in done:
             continue

@@ -38,6 +38,9 @@ class ChannelTable:
     def ratio(self, kept: Mapping[str, int]) -> float:
         return self.predict(kept) / self.predict(self.unpruned)
 
+    def observe(self, kept: Mapping[str, int], measured_ratio: float) -> None:
+        """An exact model has nothing to learn from whole-plan timings."""
+
 
 class FakeEvaluator:
     """Real cost, latency from the table (x SLOWDOWN when "measured"), accuracy = resource ratio."""

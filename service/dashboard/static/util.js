@@ -90,7 +90,7 @@ export function budgetText(b) {
 
 // Phase weights for one overall progress bar; the search dominates a job's time.
 const PHASES = [["data", 2], ["base_model", 10], ["space", 2], ["base_latency", 3], ["lookup_table", 8],
-  ["search", 60], ["baselines", 5], ["final_model", 5], ["final_latency", 3], ["artifacts", 2]];
+  ["search", 60], ["baselines", 5], ["final_latency", 3], ["final_model", 5], ["artifacts", 2]];  // pipeline order
 const TOTAL = PHASES.reduce((a, [, w]) => a + w, 0);
 
 /** Overall fraction done: whole phases behind, plus the current phase's done/planned. */
