@@ -23,6 +23,7 @@ from torch import nn
 
 from agents import selection
 from agents.base import Emit, Evaluation, ResumeMismatchError, SearchContext
+from agents.bisection import BisectionAgent
 from agents.budget import Budget, BudgetUnreachableError
 from agents.driver import Checkpoint, EvaluateFn, run_search
 from agents.registry import make_agent
@@ -309,7 +310,9 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
             with phases("baselines"):
                 found = find_baselines(ctx, evaluator, emit, agent.name,
                                        baseline_cache(spec, space, meter, settings.lut_cache_dir))
-                ranked = selection.contenders(outcome.history, outcome.best, found, evaluator, budget)
+                rivals = {} if isinstance(agent, BisectionAgent) else found  # a baseline returns its own plan
+                ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget)
+                ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps)
         finally:
             if hasattr(evaluator, "shutdown"):
                 evaluator.shutdown()
@@ -354,6 +357,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
         "budget_verdict": verdict,
         "selected": {"source": choice.contender.source, "candidate_id": chosen.candidate.id,
                      "val_acc_search": chosen.val_acc, "search_latency_ratio": chosen.latency_ratio,
+                     "val_acc_common_recipe": choice.contender.first_score,
+                     "selection_steps": spec.evaluation.selection_steps,
                      "agent_choice": outcome.best.candidate.id if outcome.best else None,
                      "contenders": len(ranked), "retimes": choice.attempts},
         "latency": latency_account(final, budget, verdict),

@@ -106,6 +106,8 @@ class EvaluationSpec(Strict):
     bn_recalibration: bool = True
     recalibration_batches: int = Field(10, ge=1, le=1000)
     calibration_batches: int = Field(4, ge=1, le=1000, description="batches for data-driven criteria")
+    selection_steps: int = Field(20, ge=0, le=10_000, description="fine-tune steps the leading plans get before "
+                                 "the final choice among them (0: choose on the search's own scores)")
 
 
 class FinetuneSpec(Strict):
