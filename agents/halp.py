@@ -1,12 +1,12 @@
 """HALP-style latency-aware resource allocation (Shen et al., NeurIPS 2022), confirmed on the device.
 
 Every channel group's units are removed in the order the space's criterion removes them; each unit
-carries an importance comparable across groups (`PruningSpace.unit_importance`: first-order Taylor
-by default, as HALP). A greedy knapsack then walks from the unpruned model to the smallest one,
+carries an importance comparable across groups (`PruningSpace.unit_importance`: first-order Taylor,
+as HALP; or a measured curve, below). A greedy knapsack then walks from the unpruned model to the smallest one,
 each step taking the removal with the least importance lost per unit of resource saved: latency
-from the lookup table for a latency budget, MACs or params for the others. Looking a few steps
-ahead on the table's grid lets a step cross a flat stretch of the latency staircase to the fast side
-of the next kernel switch, which a one-step greedy never sees.
+from the lookup table for a latency budget, MACs or params for the others. A step may jump any
+number of points on the table's grid, so it crosses a flat stretch of the latency staircase to the
+fast side of the next kernel switch, which a one-step greedy never sees (it stopped above budgets).
 
 The walk gives a *path* of plans, least to most pruned, and the plan at a budget is a prefix of it.
 Which prefix meets the budget is decided on the device (latency) or by exact counts: a search

@@ -17,6 +17,7 @@ from a random initialisation. Run on an otherwise idle machine; results carry th
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -30,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.base import SearchContext
 from agents.budget import Budget
 from agents.halp import HALPAgent
-from bench.results_io import environment, markdown_table, write
+from bench.results_io import RESULTS, environment, markdown_table, write
 from measurement.latency import LatencyMeter, MeterSettings
-from measurement.lut import LatencyTable
+from measurement.lut import LatencyTable, fit_scale
 from search_spaces.plan import ModelIdentity
 from search_spaces.space import PruningSpace
 from search_spaces.weights import load_into, read_state_dict
@@ -96,12 +97,35 @@ def run(arch: str, batch: int, n: int, seconds: float) -> tuple[list[dict[str, A
         print(rows[-1], flush=True)
     summary = {"arch": arch, "batch_size": batch, "plans": len(rows), "weights": source,
                "lut_points_timed": timed, "lut_build_s": round(build_s, 1)}
+    return rows, summary
+
+
+def summarise(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """Error statistics, with the calibration replayed over the rows in the order they were measured:
+    the same measurements score any version of `fit_scale`."""
+    pairs: list[tuple[float, float]] = []
+    for r in rows:
+        r["calibrated"] = 1 - fit_scale(pairs) * (1 - r["raw"]) if pairs else r["raw"]
+        r["calibrated_error"] = abs(r["calibrated"] / r["measured"] - 1)
+        pairs.append((r["raw"], r["measured"]))
+    out = dict(summary)
     for kind in ("raw", "calibrated"):
         errs = sorted(float(r[f"{kind}_error"]) for r in rows[1:])  # the first plan has nothing to calibrate on
-        summary[f"{kind}_median"] = statistics.median(errs)
-        summary[f"{kind}_p90"] = errs[min(len(errs) - 1, math.ceil(0.9 * len(errs)) - 1)]
-    summary["final_scale"] = lut.scale
-    return rows, summary
+        out[f"{kind}_median"] = statistics.median(errs)
+        out[f"{kind}_p90"] = errs[min(len(errs) - 1, math.ceil(0.9 * len(errs)) - 1)]
+    out["final_scale"] = fit_scale(pairs)
+    return out
+
+
+def render(env: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
+    return "\n".join(["# Lookup-table error on whole plans (CPU, 1 thread, eager)", "",
+                      f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}; {env['note']}.", "",
+                      "Absolute relative error of the predicted latency ratio against the interleaved measurement. "
+                      "calibrated: the table corrected online by the plans measured before it (what a job's search "
+                      "sees; `measurement.lut.fit_scale` replayed over the rows in measurement order).", "",
+                      markdown_table(summaries, ["arch", "batch_size", "plans", "raw_median", "raw_p90",
+                                                 "calibrated_median", "calibrated_p90", "final_scale",
+                                                 "lut_points_timed", "lut_build_s", "weights"])])
 
 
 def main() -> None:
@@ -111,22 +135,24 @@ def main() -> None:
     parser.add_argument("--plans", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=8.0, help="time cap per interleaved measurement")
     parser.add_argument("--note", default="idle machine", help="what else ran")
+    parser.add_argument("--render-only", action="store_true", help="re-score the committed rows, time nothing")
     args = parser.parse_args()
+    path = RESULTS / "plan_latency.json"
+    if args.render_only:
+        saved = json.loads(path.read_text())
+        summaries = [summarise([r for r in saved["rows"] if (r["arch"], r["batch_size"]) ==
+                                (s["arch"], s["batch_size"])], s) for s in saved["summary"]]
+        write("plan_latency", {**saved, "summary": summaries}, render(saved["environment"], summaries))
+        return
     env = {**environment(), "note": args.note}
     all_rows, summaries = [], []
     for arch in args.archs:
         for batch in args.batches:
             rows, summary = run(arch, batch, args.plans, args.seconds)
             all_rows += rows
-            summaries.append(summary)
-            md = ["# Lookup-table error on whole plans (CPU, 1 thread, eager)", "",
-                  f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}; {env['note']}.", "",
-                  "Absolute relative error of the predicted latency ratio against the interleaved measurement. "
-                  "calibrated: the table corrected online by the plans measured before (what a job's search sees).",
-                  "", markdown_table(summaries, ["arch", "batch_size", "plans", "raw_median", "raw_p90",
-                                                 "calibrated_median", "calibrated_p90", "final_scale",
-                                                 "lut_points_timed", "lut_build_s", "weights"])]
-            write("plan_latency", {"environment": env, "summary": summaries, "rows": all_rows}, "\n".join(md))
+            summaries.append(summarise(rows, summary))
+            write("plan_latency", {"environment": env, "summary": summaries, "rows": all_rows},
+                  render(env, summaries))
 
 
 if __name__ == "__main__":
