@@ -17,8 +17,9 @@ around. So a group of `G` channel groups keeps a multiple of `G` channels.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -76,11 +77,10 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels and m.out_channels > 1
 
 
-def channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> tuple[int, list[tuple[str, int]]]:
-    """The least common multiple of the channel groups of every layer in `group` (1 if none), and
-    those layers' (type, groups). Depthwise convolutions follow any count and do not constrain it."""
-    lcm, found = 1, []
-    for dep, _ in group:
+def _grouped_layers(graph: tp.DependencyGraph, group: tp.Group) -> Iterator[tuple[Any, Any, nn.Module, int]]:
+    """(dependency, indices, module, its channel groups on the pruned side) of every layer of `group` that
+    Torch-Pruning prunes and that is not depthwise (a depthwise conv follows any count)."""
+    for dep, idxs in group:
         module = dep.target.module
         if not isinstance(module, nn.Module) or _is_depthwise(module):
             continue
@@ -88,7 +88,15 @@ def channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> tuple[int, lis
         if pruner is None:
             continue
         out = graph.is_out_channel_pruning_fn(dep.handler)
-        n = int(pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module))
+        n = pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)
+        yield dep, idxs, module, int(n)
+
+
+def channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> tuple[int, list[tuple[str, int]]]:
+    """The least common multiple of the channel groups of every layer in `group` (1 if none), and
+    those layers' (type, groups). Depthwise convolutions follow any count and do not constrain it."""
+    lcm, found = 1, []
+    for _, _, module, n in _grouped_layers(graph, group):
         if n > 1:
             lcm = math.lcm(lcm, n)
             found.append((type(module).__name__, n))
@@ -153,15 +161,7 @@ def probe_problem(graph: tp.DependencyGraph, root: nn.Module, handler: object, c
 def uniform_problem(graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str]) -> str | None:
     """Why pruning the same positions in each slice of the root does not prune each grouped layer of
     `group` evenly, or None (a concat or split between the root and a grouped layer shifts them)."""
-    for dep, idxs in group:
-        module = dep.target.module
-        if not isinstance(module, nn.Module) or _is_depthwise(module):
-            continue
-        pruner = graph.get_pruner_of_module(module)
-        if pruner is None:
-            continue
-        out = graph.is_out_channel_pruning_fn(dep.handler)
-        n = int(pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module))
+    for dep, idxs, module, n in _grouped_layers(graph, group):
         total = _channels_of(graph, dep)
         if n <= 1 or total is None:
             continue
