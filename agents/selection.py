@@ -55,10 +55,17 @@ def scored_as_common(e: Evaluation) -> bool:
     return e.val_acc is not None and e.candidate.short_steps is None
 
 
+def score_plans(evaluate: EvaluateFn, evaluations: Sequence[Evaluation], first_id: int,
+                steps: int | None = None, **tag: Any) -> list[Evaluation]:
+    """The plans of `evaluations` scored again in one batch: validation accuracy only, nothing timed,
+    with the common recipe or after `steps` fine-tune steps. Ids count down from `first_id`."""
+    return evaluate([Candidate(first_id - i, dict(e.candidate.ratios), accuracy=True, latency="none",
+                               short_steps=steps, tag={**e.candidate.tag, **tag}) for i, e in enumerate(evaluations)])
+
+
 def rescore(evaluate: EvaluateFn, e: Evaluation, cid: int, **tag: Any) -> Evaluation:
     """Validation accuracy of `e`'s plan with the common recipe, keeping its measured latency and verdict."""
-    (scored,) = evaluate([Candidate(cid, dict(e.candidate.ratios), accuracy=True, latency="none",
-                                    tag={**e.candidate.tag, **tag})])
+    (scored,) = score_plans(evaluate, [e], cid, **tag)
     return replace(scored, latency_ratio=e.latency_ratio, latency_ci=e.latency_ci,
                    latency_source=e.latency_source, meets_budget=e.meets_budget)
 
@@ -124,10 +131,7 @@ def refine(ranked: Sequence[Contender], evaluate: EvaluateFn, steps: int, top: i
     if steps <= 0 or len(ranked) < 2:
         return list(ranked)
     lead = list(ranked[:top])
-    batch = [Candidate(-200 - i, dict(c.evaluation.candidate.ratios), accuracy=True, latency="none",
-                       short_steps=steps, tag={**c.evaluation.candidate.tag, "selection_steps": steps})
-             for i, c in enumerate(lead)]
-    scored = evaluate(batch)
+    scored = score_plans(evaluate, [c.evaluation for c in lead], -200, steps, selection_steps=steps)
     refined = [Contender(c.source, replace(c.evaluation, val_acc=s.val_acc), c.evaluation.val_acc)
                for c, s in zip(lead, scored, strict=True)]
     refined.sort(key=lambda c: (-(c.evaluation.val_acc or 0.0), c.evaluation.latency_ratio or 0.0))

@@ -19,9 +19,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, RatioStats
+
+if TYPE_CHECKING:
+    from search_spaces.plan import Plan
 
 REQUEST_FILE = "retime.json"
 
@@ -38,9 +43,16 @@ def compare_artifact(folder: str | Path, settings: MeterSettings, factories: Map
                      max_seconds: float | None = None) -> RatioStats:
     """Rebuild the artifact in `folder` and its base architecture, and time them interleaved (this process)."""
     from search_spaces.artifacts import load_pruned
-    from search_spaces.zoo import build_model
 
     pruned, plan = load_pruned(folder, factories)
+    return compare_pruned(pruned, plan, settings, factories, max_seconds)
+
+
+def compare_pruned(pruned: nn.Module, plan: Plan, settings: MeterSettings, factories: Mapping[str, str] | None = None,
+                   max_seconds: float | None = None) -> RatioStats:
+    """Time a rebuilt pruned model interleaved against a fresh build of its base architecture."""
+    from search_spaces.zoo import build_model
+
     base = build_model(plan.model, factories).eval()
     meter = LatencyMeter(settings)
     example = meter.example(plan.model.in_channels, plan.model.input_size)

@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-check an artifact folder on this machine: accuracy, and latency against the base re-timed here."""
     from agents.budget import Budget
     from measurement.accuracy import accuracy
-    from measurement.retime import compare_artifact
+    from measurement.retime import compare_pruned
     from search_spaces.artifacts import load_pruned
     from service.pipeline import load_data, meter_settings
     from service.spec import load_spec
@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, plan = load_pruned(folder, factories)
     data = load_data(spec)
     settings = meter_settings(spec)
-    stats = compare_artifact(folder, settings, factories, max_seconds=args.max_seconds)
+    stats = compare_pruned(model, plan, settings, factories, max_seconds=args.max_seconds)
     report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
     budget_info = report.get("budget", {})
     verdict = None
