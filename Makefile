@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml docker/install-python.sh
 	touch $@
 
 demo: install
-	$(BIN)/python -m service.demo --job examples/digits_demo.yaml --dir runs/demo
+	$(BIN)/python -m service.demo --dir runs/demo
 
 lint: install
 	PATH=$(BIN):$$PATH bash docker/validate.sh

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-DATA_FREE = ("l1", "l2", "bn_scale", "fpgm", "lamp", "random")
-DATA_DRIVEN = ("taylor", "hessian", "activation")
+from search_spaces.kinds import DATA_FREE
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 

@@ -6,13 +6,28 @@ Kept free of torch so the job spec can check a request without importing the pru
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
-SPACE_KINDS = ("channel", "block", "unstructured", "nm")
+# The one declaration of the space's vocabulary: the job spec's types, the catalog, the dashboard's
+# form and the pruning code all read these.
+SpaceKind = Literal["channel", "block", "unstructured", "nm"]
+ChannelCriterion = Literal["l1", "l2", "bn_scale", "fpgm", "lamp", "random", "taylor", "hessian", "activation"]
+WeightCriterion = Literal["magnitude", "wanda", "obd"]  # rank single weights: fine-grained kinds only
+
+SPACE_KINDS: tuple[str, ...] = get_args(SpaceKind)
 SPARSE = ("unstructured", "nm")  # fine-grained: shapes stay, zeros are stored
 BINARY = ("block", "nm")  # a dimension that is either on or off
+CHANNEL_CRITERIA: tuple[str, ...] = get_args(ChannelCriterion)
+DATA_DRIVEN = ("taylor", "hessian", "activation")  # need a calibration pass over data
+DATA_FREE = tuple(c for c in CHANNEL_CRITERIA if c not in DATA_DRIVEN)
+WEIGHT_ONLY_CRITERIA: tuple[str, ...] = get_args(WeightCriterion)
 # Fine-grained criteria; "l1" of a single weight is its magnitude, so the default criterion works for both.
-SPARSE_CRITERIA = {"l1": "magnitude", "magnitude": "magnitude", "wanda": "wanda", "obd": "obd"}
-WEIGHT_ONLY_CRITERIA = ("magnitude", "wanda", "obd")
+SPARSE_CRITERIA = {"l1": "magnitude", **{c: c for c in WEIGHT_ONLY_CRITERIA}}
+
+
+def criteria_for(kind: str) -> list[str]:
+    """The criteria a space of `kind` accepts (what the catalog offers per kind)."""
+    return list(SPARSE_CRITERIA) if kind in SPARSE else list(CHANNEL_CRITERIA)
 
 
 class KindError(ValueError):

@@ -18,7 +18,6 @@ from torch.nn.utils import prune
 from search_spaces.criteria import Batches
 from search_spaces.kinds import WEIGHT_ONLY_CRITERIA
 
-SPARSE_CRITERIA = WEIGHT_ONLY_CRITERIA  # the criteria that rank single weights (kinds.py: torch-free)
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight dim 0 is the output (not ConvTranspose)
 _OBD_CHUNK_ELEMENTS = 1 << 25  # per-sample gradients held at once (x4 bytes for fp32): bounds OBD memory
 
@@ -43,8 +42,8 @@ def weight_scores(
     wanda and obd run `model` on `calibration` ((x, y) batches, iterated once); the model's train/eval
     mode is restored, and no .grad, hook or stale tensor is left on it. Scores are float32.
     """
-    if criterion not in SPARSE_CRITERIA:
-        raise ValueError(f"sparse_criterion: unknown criterion {criterion!r}; available: {list(SPARSE_CRITERIA)}")
+    if criterion not in WEIGHT_ONLY_CRITERIA:
+        raise ValueError(f"sparse_criterion: unknown criterion {criterion!r}; available: {list(WEIGHT_ONLY_CRITERIA)}")
     modules = {name: _layer(model, name) for name in dict.fromkeys(layers)}
     if criterion == "magnitude":
         return {name: _effective_weight(m).detach().abs().float() for name, m in modules.items()}

@@ -22,9 +22,7 @@ import httpx
 
 from service.cli import _watch, summary_table
 from service.client import Client
-from service.spec import load_spec
-
-ROOT = Path(__file__).resolve().parents[1]
+from service.spec import DEMO_JOB, load_spec
 
 
 def free_port(preferred: int) -> int:
@@ -61,7 +59,7 @@ def start_server(folder: Path, port: int, token: str) -> subprocess.Popen[bytes]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__)
-    parser.add_argument("--job", default=str(ROOT / "examples/digits_demo.yaml"))
+    parser.add_argument("--job", default=str(DEMO_JOB))
     parser.add_argument("--dir", default="runs/demo", help="store, artifacts and server log")
     parser.add_argument("--port", type=int, default=8000, help="taken: any free port")
     parser.add_argument("--exit", action="store_true", help="stop the server when the job ends")

@@ -59,6 +59,14 @@ class JobResult:
     out_dir: Path
 
 
+# The phases of a job in pipeline order, each with its share of an overall progress bar (the search
+# dominates a job's time). The one declaration: /catalog serves it to the dashboard.
+PHASES: tuple[tuple[str, int], ...] = (
+    ("data", 2), ("base_model", 10), ("space", 2), ("base_latency", 3), ("lookup_table", 8), ("search", 60),
+    ("baselines", 5), ("final_latency", 3), ("final_model", 5), ("artifacts", 2))
+PHASE_NAMES = frozenset(name for name, _ in PHASES)
+
+
 @dataclass
 class Phases:
     emit: Emit
@@ -66,6 +74,8 @@ class Phases:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if name not in PHASE_NAMES:
+            raise ValueError(f"phase {name!r} is not declared in PHASES")
         self.emit({"type": "phase", "phase": name, "state": "start"})
         start = time.perf_counter()
         try:

@@ -14,14 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.halp import VARIANT_PATTERN
-from search_spaces.kinds import KindError, check_kinds
+from search_spaces.kinds import ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation",
-            "magnitude", "wanda", "obd")
-Criterion = Literal["l1", "l2", "bn_scale", "taylor", "hessian", "fpgm", "lamp", "random", "activation",
-                    "magnitude", "wanda", "obd"]
-SpaceKind = Literal["channel", "block", "unstructured", "nm"]
+Criterion = Literal[ChannelCriterion, WeightCriterion]
 Runtime = Literal["eager", "torchscript", "onnxruntime"]
+DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "digits_demo.yaml"  # `make demo`, the form's defaults
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_SAMPLES = 100_000_000
 

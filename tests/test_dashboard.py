@@ -299,6 +299,58 @@ def test_failed_job_shows_no_empty_charts_and_the_header_fits_a_phone(browser: A
     page.close()
 
 
+def test_the_new_job_form_opens_on_the_demo_job_and_asks_for_dimensions(browser: Any, dash: Server) -> None:
+    """The form as it opens is the demo job (examples/digits_demo.yaml, served in /catalog's `defaults`):
+    submitted untouched it runs. Ticking `block` asks for width + depth, and the criteria offered follow
+    the dimensions ticked (fine-grained kinds take weight criteria)."""
+    from service.spec import DEMO_JOB, load_spec
+
+    demo = load_spec(DEMO_JOB)
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    console = Console(page, dash.url)
+    page.goto(f"{dash.url}/#/new")
+    page.fill("#token", TOKEN)
+    page.dispatch_event("#token", "change")
+    page.wait_for_selector("#job-form")
+    assert page.input_value('[name="model.arch"]') == demo.model.arch
+    assert page.input_value('[name="dataset.val_size"]') == str(demo.dataset.val_size)
+    assert page.input_value('[name="strategy.steps"]') == str(demo.strategy.steps)  # type: ignore[union-attr]
+    criteria = page.locator('[name="criterion"] option').all_inner_texts()
+    assert "wanda" not in criteria and "taylor" in criteria
+    page.uncheck('[data-dimension="channel"]')
+    page.check('[data-dimension="unstructured"]')
+    assert "wanda" in page.locator('[name="criterion"] option').all_inner_texts()
+    page.uncheck('[data-dimension="unstructured"]')
+    page.check('[data-dimension="channel"]')
+
+    ids = []
+    for blocks in (False, True):
+        if blocks:
+            page.goto(f"{dash.url}/#/new")
+            page.wait_for_selector("#job-form")
+            page.check('[data-dimension="block"]')
+        page.click("#submit")
+        page.wait_for_url("**/#/jobs?highlight=*")
+        ids.append(page.url.split("highlight=")[1])
+    client = dash.client()
+    plain, deep = (httpx.get(f"{dash.url}/api/v1/jobs/{i}").json()["spec"] for i in ids)
+    assert plain["dimensions"] == ["channel"] and deep["dimensions"] == ["channel", "block"]
+    assert load_spec_dict(plain) == demo.model_dump(mode="json")  # the demo job, exactly
+    for job_id in ids:
+        job = wait_status(client, job_id, {"succeeded", "failed"}, 300)
+        assert job["status"] == "succeeded", job.get("error")
+    kinds = httpx.get(f"{dash.url}/api/v1/jobs/{ids[1]}/artifacts/report.json").json()["dimensions"]["kinds"]
+    assert "block" in kinds
+    assert console.errors == []
+    page.close()
+
+
+def load_spec_dict(spec: dict[str, Any]) -> dict[str, Any]:
+    from service.spec import parse_spec
+
+    return parse_spec(spec).model_dump(mode="json")
+
+
 def test_static_files_are_served_from_packages(dash: Server) -> None:
     """No CDN: the page references only this server, Plotly comes from the installed package."""
     import plotly

@@ -4,7 +4,7 @@ the parts of "search that pays" a unit test can see (the quality itself lives in
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -67,15 +67,38 @@ def evaluation(cid: int, val: float, latency: float, short_steps: int | None = N
 def test_choice_is_the_most_accurate_plan_that_holds_when_re_timed() -> None:
     budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
     history = [evaluation(1, 0.80, 0.49), evaluation(2, 0.85, 0.50), evaluation(3, 0.70, 0.45),
-               evaluation(4, 0.95, 0.49, short_steps=20)]  # scored another way: it does not compete as is
+               evaluation(4, 0.95, 0.49, short_steps=20),  # scored another way: it does not compete as is
+               replace(evaluation(5, 0.90, 0.505), meets_budget=False),  # within the noise: the re-timing decides
+               replace(evaluation(6, 0.99, 0.53), meets_budget=False)]  # over the tolerance: out
     ranked = contenders(history, None, {"uniform": evaluation(-1, 0.82, 0.48)}, lambda c: [], budget)
-    assert [c.evaluation.candidate.id for c in ranked] == [2, -1, 1, 3]
-    retimed = {2: 0.53, -1: 0.49}  # the best one misses in a fresh process: the next one is returned
+    assert [c.evaluation.candidate.id for c in ranked] == [5, 2, -1, 1, 3]
+    retimed = {5: 0.54, 2: 0.53, -1: 0.49}  # the best ones miss in a fresh process: the next one is returned
     events: list[dict[str, Any]] = []
     choice = choose(ranked, budget, lambda e: Timed(retimed[e.candidate.id], retimed[e.candidate.id] - 0.01,
                                                     retimed[e.candidate.id] + 0.01), events.append)
     assert choice.contender.source == "baseline:uniform" and choice.verdict == "met"
-    assert [a["verdict"] for a in choice.attempts] == ["missed", "met"] and len(events) == 2
+    assert [a["verdict"] for a in choice.attempts] == ["missed", "missed", "met"] and len(events) == 3
+
+
+def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
+    """A uniform job measures several plans that meet (its bisection steps) but scores only its edge
+    plan; when that one misses in a fresh process, the next measured plan that met is returned."""
+    budget = Budget("latency_ms", 5.0, 10.0)
+    steps = [replace(evaluation(i, 0.0, lat), val_acc=None, meets_budget=lat <= 0.5)
+             for i, lat in ((1, 0.42), (2, 0.55), (3, 0.49), (4, 0.47), (5, 0.45), (6, 0.44), (7, 0.43))]
+    scores = {0.1: 0.60, 0.3: 0.70, 0.4: 0.68, 0.5: 0.66, 0.6: 0.64, 0.7: 0.62}
+    asked: list[int] = []
+
+    def evaluate(cands: list[Candidate]) -> list[Evaluation]:
+        asked.extend(c.id for c in cands)
+        return [replace(evaluation(c.id, scores[c.ratios["g"]], 0.0), candidate=c) for c in cands]
+
+    ranked = contenders(steps, steps[2], {}, evaluate, budget)
+    assert asked == [-100, -300, -301, -302, -303]  # the edge plan, then the four that use the most budget
+    assert [c.evaluation.latency_ratio for c in ranked] == [0.49, 0.47, 0.45, 0.44, 0.43]  # 0.55 missed
+    choice = choose(ranked, budget, lambda e: Timed(0.52 if e.latency_ratio == 0.49 else 0.48, 0.47, 0.49),
+                    lambda event: None)
+    assert choice.contender.evaluation.latency_ratio == 0.47 and choice.verdict == "met"
 
 
 def test_refine_reranks_the_leaders_on_the_short_fine_tune_score() -> None:

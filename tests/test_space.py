@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces.criteria import DATA_DRIVEN, DATA_FREE
+from search_spaces.kinds import DATA_DRIVEN, DATA_FREE
 from search_spaces.space import PruningSpace, SpaceError, describe_layers
 from search_spaces.zoo import build_model
 from tests.conftest import identity, make_space, synthetic_splits, trained_like

@@ -9,14 +9,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from agents.registry import AGENTS
-from search_spaces.criteria import DATA_DRIVEN, DATA_FREE
 from search_spaces.datasets import available_datasets
+from search_spaces.kinds import CHANNEL_CRITERIA, SPACE_KINDS, WEIGHT_ONLY_CRITERIA, criteria_for
 from search_spaces.zoo import available_models
 from service.api import examples
 from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
 from service.config import Settings
-from service.spec import JobSpec, strategy_models
+from service.pipeline import PHASES
+from service.spec import DEMO_JOB, JobSpec, load_spec, strategy_models
 
 router = APIRouter(tags=["system"])
 
@@ -31,9 +32,13 @@ async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
         "datasets": [d for d in available_datasets() if not d.startswith("imagefolder")],
         "strategies": {name: {k: v for k, v in props.items() if k != "name"} for name, props in strategies.items()
                        if name in AGENTS},
-        "criteria": list(DATA_FREE + DATA_DRIVEN),
-        "runtimes": ["eager", "torchscript", "onnxruntime"],
-        "budget_metrics": ["latency_ms", "flops", "params"],
+        "criteria": [*CHANNEL_CRITERIA, *WEIGHT_ONLY_CRITERIA],
+        "criteria_by_kind": {kind: criteria_for(kind) for kind in SPACE_KINDS},
+        "dimensions": list(SPACE_KINDS),
+        "runtimes": schema["$defs"]["DeviceSpec"]["properties"]["runtime"]["enum"],
+        "budget_metrics": schema["$defs"]["BudgetSpec"]["properties"]["metric"]["enum"],
+        "phases": [{"name": name, "weight": weight} for name, weight in PHASES],
+        "defaults": load_spec(DEMO_JOB).model_dump(mode="json", exclude_unset=True),  # the demo job, as written
         "devices": await run_in_threadpool(_devices, settings),
     }
 

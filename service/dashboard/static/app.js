@@ -1,5 +1,5 @@
 // Hash router: #/jobs, #/jobs/<id>, #/new, #/schedules. Each view returns a cleanup function.
-import { banner, tokenKey } from "./util.js";
+import { banner, catalog, tokenKey } from "./util.js";
 import { renderJobs } from "./jobs.js";
 import { renderDetail } from "./detail.js";
 import { renderNewJob } from "./newjob.js";
@@ -38,4 +38,4 @@ tokenInput.addEventListener("change", () => {
 });
 
 window.addEventListener("hashchange", route);
-route();
+catalog().catch(() => {}).finally(route);  // the progress bars need its phases

@@ -1,5 +1,5 @@
 // Jobs page: every job, refreshed in place every 1.5 s, filtered in the browser.
-import { api, badge, budgetText, dateTime, duration, errorText, esc, jobDuration, pct, progressBar, progressFraction } from "./util.js";
+import { api, badge, budgetText, catalog, dateTime, duration, errorText, esc, jobDuration, pct, progressBar, progressFraction } from "./util.js";
 
 const FILTERS = { status: "", strategy: "", text: "" };
 
@@ -64,7 +64,7 @@ export function renderJobs(root, params) {
       <div id="jobs-state" class="empty">Loading jobs…</div>
     </div>`;
   // the strategies come from the catalog (their one declaration), never from a copy here
-  api("/api/v1/catalog").then((cat) => {
+  catalog().then((cat) => {
     root.querySelector("#f-strategy").insertAdjacentHTML("beforeend", Object.keys(cat.strategies)
       .map((s) => `<option ${FILTERS.strategy === s ? "selected" : ""}>${esc(s)}</option>`).join(""));
   }).catch(() => {});

@@ -1,5 +1,6 @@
-// New job: a form built from /api/v1/catalog; the server validates and its errors appear next to each field.
-import { api, ApiError, banner, errorText, esc } from "./util.js";
+// New job: a form built from /api/v1/catalog, filled with its `defaults` (the demo job, so the form as it
+// opens runs); the server validates and its errors appear next to each field.
+import { api, ApiError, banner, catalog, errorText, esc } from "./util.js";
 
 const field = (path, label, control, help = "") => `<div class="field" data-field="${esc(path)}">
   <label for="f-${esc(path)}">${esc(label)}</label>${control}${help ? `<div class="help">${esc(help)}</div>` : ""}
@@ -10,8 +11,9 @@ const select = (path, options, value) => `<select id="f-${esc(path)}" name="${es
   return `<option value="${esc(v)}" ${String(v) === String(value) ? "selected" : ""}>${esc(label)}</option>`;
 }).join("")}</select>`;
 
-/** One input for a JSON-schema property of a strategy. */
-function strategyField(name, prop) {
+/** One input for a JSON-schema property of a strategy; `given` is the default job's value, if any. */
+function strategyField(name, schemaProp, given) {
+  const prop = given === undefined ? schemaProp : { ...schemaProp, default: given };
   const path = `strategy.${name}`;
   const label = name.replace(/_/g, " ");
   const types = prop.anyOf ? prop.anyOf.map((p) => p.type) : [prop.type];
@@ -20,7 +22,9 @@ function strategyField(name, prop) {
   }
   if (types.includes("array")) {
     const hint = prop.default ? "" : 'placeholder="server default"';
-    return field(path, label, input(path, "text", (prop.default || []).join(", "), `data-kind="list" ${hint}`), prop.description || "comma-separated numbers");
+    const items = prop.items || (prop.anyOf || []).map((p) => p.items).find(Boolean) || {};
+    const kind = items.type === "string" ? "strings" : "list";
+    return field(path, label, input(path, "text", (prop.default || []).join(", "), `data-kind="${kind}" ${hint}`), prop.description || "comma-separated values");
   }
   if (types.includes("boolean")) {
     return field(path, label, `<input id="f-${esc(path)}" name="${esc(path)}" type="checkbox" data-kind="bool" ${prop.default ? "checked" : ""}>`, prop.description);
@@ -39,7 +43,23 @@ function valueOf(el) {
   if (raw === "") return el.dataset.null ? null : undefined;
   if (kind === "int" || kind === "float") return Number(raw);
   if (kind === "list") return raw.split(/[,\s]+/).filter(Boolean).map(Number);
+  if (kind === "strings") return raw.split(/[,\s]+/).filter(Boolean);
   return raw;
+}
+
+/** The default job's values the form has no field for (seed, measurement, finetune…), for the JSON box. */
+function uncovered(form, value, path = []) {
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) {
+      const dotted = [...path, k].join(".");
+      if (dotted === "model.weights" || dotted === "strategy" || dotted === "dimensions") continue;
+      const rest = uncovered(form, v, [...path, k]);
+      if (rest !== undefined) out[k] = rest;
+    }
+    return Object.keys(out).length ? out : undefined;
+  }
+  return form.querySelector(`[name="${CSS.escape(path.join("."))}"]`) ? undefined : value;
 }
 
 /** Map a server error location (["body", "model", "arch"]) to the form field that owns it. */
@@ -57,60 +77,74 @@ function fieldFor(root, loc, strategy) {
 export function renderNewJob(root) {
   root.innerHTML = '<h1>New job</h1><div class="panel empty" id="nj-state">Loading the catalog…</div>';
   let alive = true;
-  api("/api/v1/catalog").then((cat) => { if (alive) build(root, cat); }).catch((err) => {
+  catalog().then((cat) => { if (alive) build(root, cat); }).catch((err) => {
     if (alive) root.querySelector("#nj-state").innerHTML = `<span class="error">Cannot load /api/v1/catalog: ${esc(errorText(err))}</span>`;
   });
   return () => { alive = false; };
 }
 
 function build(root, cat) {
+  const d = { model: {}, dataset: {}, device: {}, budget: {}, strategy: {}, ...cat.defaults };
   const strategies = Object.keys(cat.strategies);
-  root.innerHTML = `<h1>New job</h1><p class="muted small">Every value is checked by the server; problems appear under the field.</p>
+  const trained = d.model.weights && typeof d.model.weights === "object" ? d.model.weights : null;
+  const opt = (v, fallback) => v ?? fallback;
+  const kinds = new Set(d.dimensions || ["channel"]);
+  root.innerHTML = `<h1>New job</h1><p class="muted small">Filled with the demo job, which runs as it is. Every value is checked by the server; problems appear under the field.</p>
   <form class="spec" id="job-form" novalidate>
     <fieldset><legend>Job</legend><div class="fields">
-      ${field("name", "name", input("name", "text", "", 'data-kind="text" placeholder="optional"'))}
+      ${field("name", "name", input("name", "text", d.name, 'data-kind="text" placeholder="optional"'))}
     </div></fieldset>
     <fieldset><legend>Model</legend><div class="fields">
-      ${field("model.arch", "architecture", select("model.arch", cat.models, cat.models.includes("resnet20") ? "resnet20" : cat.models[0]))}
-      ${field("model.num_classes", "classes", input("model.num_classes", "number", 10, 'data-kind="int"'))}
-      ${field("model.in_channels", "input channels", input("model.in_channels", "number", 3, 'data-kind="int"'))}
-      ${field("model.input_size", "input size (px)", input("model.input_size", "number", 32, 'data-kind="int"'))}
-      ${field("model.weights", "base weights", select("weights-mode", [["train", "train in the job"], ["upload", "upload safetensors"], ["none", "random init"]], "train"))}
-      ${field("weights-epochs", "training epochs", input("weights-epochs", "number", 5, 'data-kind="int"'))}
+      ${field("model.arch", "architecture", select("model.arch", cat.models, d.model.arch))}
+      ${field("model.num_classes", "classes", input("model.num_classes", "number", d.model.num_classes, 'data-kind="int"'))}
+      ${field("model.in_channels", "input channels", input("model.in_channels", "number", d.model.in_channels, 'data-kind="int"'))}
+      ${field("model.input_size", "input size (px)", input("model.input_size", "number", d.model.input_size, 'data-kind="int"'))}
+      ${field("model.weights", "base weights", select("weights-mode", [["train", "train in the job"], ["upload", "upload safetensors"], ["none", "random init"]], trained ? "train" : "none"))}
+      ${field("weights-epochs", "training epochs", input("weights-epochs", "number", opt(trained?.train_epochs, 5), 'data-kind="int"'))}
       ${field("weights-file", "weights file (.safetensors)", '<input id="f-weights-file" type="file" accept=".safetensors">')}
     </div></fieldset>
     <fieldset><legend>Dataset</legend><div class="fields">
-      ${field("dataset.name", "dataset", select("dataset.name", cat.datasets, cat.datasets[0]))}
-      ${field("dataset.val_size", "validation samples", input("dataset.val_size", "number", 5000, 'data-kind="int"'))}
-      ${field("dataset.train_size", "training samples", input("dataset.train_size", "number", "", 'data-kind="int" data-null="1" placeholder="all"'))}
-      ${field("dataset.test_size", "test samples", input("dataset.test_size", "number", "", 'data-kind="int" data-null="1" placeholder="all"'))}
+      ${field("dataset.name", "dataset", select("dataset.name", cat.datasets, d.dataset.name))}
+      ${field("dataset.val_size", "validation samples", input("dataset.val_size", "number", d.dataset.val_size, 'data-kind="int"'))}
+      ${field("dataset.train_size", "training samples", input("dataset.train_size", "number", d.dataset.train_size, 'data-kind="int" data-null="1" placeholder="all"'))}
+      ${field("dataset.test_size", "test samples", input("dataset.test_size", "number", d.dataset.test_size, 'data-kind="int" data-null="1" placeholder="all"'))}
     </div></fieldset>
     <fieldset><legend>Device</legend><div class="fields">
-      ${field("device.name", "device", select("device.name", cat.devices.map((d) => [d.name, `${d.name} — ${d.model}`]), "cpu"))}
-      ${field("device.runtime", "runtime", select("device.runtime", cat.runtimes, "eager"))}
-      ${field("device.threads", "threads", input("device.threads", "number", 1, 'data-kind="int"'))}
-      ${field("device.batch_size", "batch size", input("device.batch_size", "number", 32, 'data-kind="int"'))}
+      ${field("device.name", "device", select("device.name", cat.devices.map((dev) => [dev.name, `${dev.name} — ${dev.model}`]), d.device.name))}
+      ${field("device.runtime", "runtime", select("device.runtime", cat.runtimes, d.device.runtime))}
+      ${field("device.threads", "threads", input("device.threads", "number", d.device.threads, 'data-kind="int"'))}
+      ${field("device.batch_size", "batch size", input("device.batch_size", "number", d.device.batch_size, 'data-kind="int"'))}
     </div></fieldset>
-    <fieldset><legend>Budget</legend><div class="fields">
-      ${field("budget.metric", "metric", select("budget.metric", cat.budget_metrics, cat.budget_metrics[0]))}
-      ${field("budget.target", "target", input("budget.target", "number", 0.5, 'step="any" data-kind="float"'), "relative: fraction of the base (0–1]; absolute: ms, MACs or params")}
-      ${field("budget.relative", "relative to the base model", '<input id="f-budget.relative" name="budget.relative" type="checkbox" data-kind="bool" checked>')}
-      ${field("criterion", "channel importance", select("criterion", cat.criteria, "l1"))}
+    <fieldset><legend>Budget and space</legend><div class="fields">
+      ${field("budget.metric", "metric", select("budget.metric", cat.budget_metrics, d.budget.metric))}
+      ${field("budget.target", "target", input("budget.target", "number", d.budget.target, 'step="any" data-kind="float"'), "relative: fraction of the base (0–1]; absolute: ms, MACs or params")}
+      ${field("budget.relative", "relative to the base model", `<input id="f-budget.relative" name="budget.relative" type="checkbox" data-kind="bool" ${d.budget.relative !== false ? "checked" : ""}>`)}
+      ${field("dimensions", "dimensions", `<div class="checks">${cat.dimensions.map((k) => `<label class="check"><input type="checkbox" data-dimension="${esc(k)}" ${kinds.has(k) ? "checked" : ""}> ${esc(k)}</label>`).join(" ")}</div>`, "what may be pruned: channels, whole blocks, or fine-grained weights")}
+      ${field("criterion", "importance criterion", '<select id="f-criterion" name="criterion"></select>', "the criteria the chosen dimensions accept")}
     </div></fieldset>
     <fieldset><legend>Strategy</legend><div class="fields">
-      ${field("strategy.name", "strategy", select("strategy.name", strategies, strategies.includes("sensitivity") ? "sensitivity" : strategies[0]))}
+      ${field("strategy.name", "strategy", select("strategy.name", strategies, d.strategy.name))}
     </div><div class="fields" id="strategy-fields" style="margin-top:10px"></div></fieldset>
     <fieldset><legend>Advanced (JSON, merged into the spec)</legend>
       ${field("advanced", "other sections: measurement, evaluation, finetune, execution, seed…",
-        '<textarea id="f-advanced" rows="3" placeholder=\'{"execution": {"backend": "local"}}\'></textarea>')}
+        '<textarea id="f-advanced" rows="4" placeholder=\'{"execution": {"backend": "local"}}\'></textarea>')}
     </fieldset>
     <div class="row"><button class="primary" type="submit" id="submit">Submit job</button><span id="form-msg" class="muted"></span></div>
   </form>`;
   const form = root.querySelector("#job-form");
+  form.trainedWeights = trained;
   const stratBox = root.querySelector("#strategy-fields");
   const drawStrategy = () => {
     const name = form.querySelector('[name="strategy.name"]').value;
-    stratBox.innerHTML = Object.entries(cat.strategies[name]).map(([k, p]) => strategyField(k, p)).join("");
+    const given = name === d.strategy.name ? d.strategy : {};
+    stratBox.innerHTML = Object.entries(cat.strategies[name]).map(([k, p]) => strategyField(k, p, given[k])).join("");
+  };
+  const drawCriteria = () => {
+    const el = form.querySelector('[name="criterion"]');
+    const current = el.value || d.criterion;
+    const checked = [...form.querySelectorAll("[data-dimension]:checked")].map((c) => c.dataset.dimension);
+    const allowed = checked.length ? cat.criteria_by_kind[checked[0]].filter((c) => checked.every((k) => cat.criteria_by_kind[k].includes(c))) : cat.criteria;
+    el.innerHTML = select("criterion", allowed, allowed.includes(current) ? current : allowed[0]).replace(/^<select[^>]*>|<\/select>$/g, "");
   };
   const syncWeights = () => {
     const mode = form.querySelector('[name="weights-mode"]').value;
@@ -119,8 +153,12 @@ function build(root, cat) {
   };
   form.querySelector('[name="strategy.name"]').addEventListener("change", drawStrategy);
   form.querySelector('[name="weights-mode"]').addEventListener("change", syncWeights);
+  form.querySelectorAll("[data-dimension]").forEach((c) => c.addEventListener("change", drawCriteria));
   drawStrategy();
+  drawCriteria();
   syncWeights();
+  const rest = uncovered(form, d);
+  if (rest) root.querySelector("#f-advanced").value = JSON.stringify(rest);
   form.addEventListener("submit", (e) => { e.preventDefault(); submit(root, form); });
 }
 
@@ -153,6 +191,7 @@ async function submit(root, form) {
     if (el.name.startsWith("weights-")) return;
     set(el.name, el.dataset.kind ? valueOf(el) : el.value);
   });
+  spec.dimensions = [...form.querySelectorAll("[data-dimension]:checked")].map((c) => c.dataset.dimension);
   const strategy = spec.strategy.name;
   const advancedRaw = root.querySelector("#f-advanced").value.trim();
   if (advancedRaw) {
@@ -169,7 +208,7 @@ async function submit(root, form) {
   button.disabled = true;
   try {
     const mode = form.querySelector('[name="weights-mode"]').value;
-    if (mode === "train") spec.model.weights = { train_epochs: valueOf(form.querySelector('[name="weights-epochs"]')) ?? 0 };
+    if (mode === "train") spec.model.weights = { ...(form.trainedWeights || {}), train_epochs: valueOf(form.querySelector('[name="weights-epochs"]')) ?? 0 };
     else if (mode === "none") spec.model.weights = null;
     else {
       const file = root.querySelector("#f-weights-file").files[0];

@@ -88,20 +88,26 @@ export function budgetText(b) {
   return `${metric} ≤ ${b.metric === "latency_ms" ? ms(b.target) : count(b.target)}`;
 }
 
-// Phase weights for one overall progress bar; the search dominates a job's time.
-const PHASES = [["data", 2], ["base_model", 10], ["space", 2], ["base_latency", 3], ["lookup_table", 8],
-  ["search", 60], ["baselines", 5], ["final_latency", 3], ["final_model", 5], ["artifacts", 2]];  // pipeline order
-const TOTAL = PHASES.reduce((a, [, w]) => a + w, 0);
+// The server's vocabulary (strategies, criteria, dimensions, phases, the demo job): fetched once from
+// /api/v1/catalog, never copied here. app.js waits for it before the first view.
+let catalogPromise = null;
+let phases = [];  // [{name, weight}] in pipeline order
+export function catalog() {
+  catalogPromise ??= api("/api/v1/catalog").then((cat) => { phases = cat.phases; return cat; })
+    .catch((err) => { catalogPromise = null; throw err; });
+  return catalogPromise;
+}
 
 /** Overall fraction done: whole phases behind, plus the current phase's done/planned. */
 export function progressFraction(job) {
   if (job.status === "succeeded") return 1;
   const p = job.progress || {};
-  const idx = PHASES.findIndex(([name]) => name === p.phase);
+  const idx = phases.findIndex((ph) => ph.name === p.phase);
   if (idx < 0) return 0;
-  const before = PHASES.slice(0, idx).reduce((a, [, w]) => a + w, 0);
+  const total = phases.reduce((a, ph) => a + ph.weight, 0);
+  const before = phases.slice(0, idx).reduce((a, ph) => a + ph.weight, 0);
   const within = p.done && p.planned ? Math.min(p.done / p.planned, 1) : 0;
-  return (before + PHASES[idx][1] * within) / TOTAL;
+  return (before + phases[idx].weight * within) / total;
 }
 
 export function progressBar(job, wide = false) {
