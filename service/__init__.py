@@ -1,1 +1,1 @@
-"""The prunesearch service: job spec, job runner, CLI (and later REST server, store, scheduler)."""
+"""The prunesearch service: job spec, pipeline, REST server and dashboard, job store, runner, scheduler and CLI."""
