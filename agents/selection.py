@@ -108,7 +108,7 @@ def contenders(history: Sequence[Evaluation], best: Evaluation | None, found: Ma
     The agent's own choice is re-scored with the common recipe when its score came another way. Plans
     that met but were never scored (a bisection's steps) are scored too, the MAX_RETIMES that use the
     most budget, so that a plan whose fresh re-timing misses has measured fallbacks: on the digits demo
-    the bisection's edge plan (0.597x in the search) re-timed anywhere from 0.58x to 0.62x."""
+    the bisection's edge plan (0.57-0.60x in the search) re-timed between 0.54x and 0.62x."""
     def met(e: Evaluation) -> bool:
         return e.meets_budget and (not budget.measured or e.latency_source == "measured")
 
