@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
@@ -22,6 +23,12 @@ from service.spec import DEMO_JOB, JobSpec, load_spec, strategy_models
 router = APIRouter(tags=["system"])
 
 
+@functools.cache
+def demo_defaults() -> dict[str, Any]:
+    """The demo job as written (its set fields only): the new-job form's defaults, read once."""
+    return load_spec(DEMO_JOB).model_dump(mode="json", exclude_unset=True)
+
+
 @router.get("/catalog", responses=examples.json_example(examples.CATALOG, "what a job may ask for (abridged)"))
 async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
     """What a job may ask for; the dashboard builds its form from this."""
@@ -38,7 +45,7 @@ async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
         "runtimes": schema["$defs"]["DeviceSpec"]["properties"]["runtime"]["enum"],
         "budget_metrics": schema["$defs"]["BudgetSpec"]["properties"]["metric"]["enum"],
         "phases": [{"name": name, "weight": weight} for name, weight in PHASES],
-        "defaults": load_spec(DEMO_JOB).model_dump(mode="json", exclude_unset=True),  # the demo job, as written
+        "defaults": demo_defaults(),
         "devices": await run_in_threadpool(_devices, settings),
     }
 

@@ -6,10 +6,11 @@ const field = (path, label, control, help = "") => `<div class="field" data-fiel
   <label for="f-${esc(path)}">${esc(label)}</label>${control}${help ? `<div class="help">${esc(help)}</div>` : ""}
   <div class="field-error" hidden></div></div>`;
 const input = (path, type, value, attrs = "") => `<input id="f-${esc(path)}" name="${esc(path)}" type="${type}" value="${esc(value ?? "")}" ${attrs}>`;
-const select = (path, options, value) => `<select id="f-${esc(path)}" name="${esc(path)}">${options.map((o) => {
+const optionTags = (options, value) => options.map((o) => {
   const [v, label] = Array.isArray(o) ? o : [o, o];
   return `<option value="${esc(v)}" ${String(v) === String(value) ? "selected" : ""}>${esc(label)}</option>`;
-}).join("")}</select>`;
+}).join("");
+const select = (path, options, value) => `<select id="f-${esc(path)}" name="${esc(path)}">${optionTags(options, value)}</select>`;
 
 /** One input for a JSON-schema property of a strategy; `given` is the default job's value, if any. */
 function strategyField(name, schemaProp, given) {
@@ -87,7 +88,6 @@ function build(root, cat) {
   const d = { model: {}, dataset: {}, device: {}, budget: {}, strategy: {}, ...cat.defaults };
   const strategies = Object.keys(cat.strategies);
   const trained = d.model.weights && typeof d.model.weights === "object" ? d.model.weights : null;
-  const opt = (v, fallback) => v ?? fallback;
   const kinds = new Set(d.dimensions || ["channel"]);
   root.innerHTML = `<h1>New job</h1><p class="muted small">Filled with the demo job, which runs as it is. Every value is checked by the server; problems appear under the field.</p>
   <form class="spec" id="job-form" novalidate>
@@ -100,7 +100,7 @@ function build(root, cat) {
       ${field("model.in_channels", "input channels", input("model.in_channels", "number", d.model.in_channels, 'data-kind="int"'))}
       ${field("model.input_size", "input size (px)", input("model.input_size", "number", d.model.input_size, 'data-kind="int"'))}
       ${field("model.weights", "base weights", select("weights-mode", [["train", "train in the job"], ["upload", "upload safetensors"], ["none", "random init"]], trained ? "train" : "none"))}
-      ${field("weights-epochs", "training epochs", input("weights-epochs", "number", opt(trained?.train_epochs, 5), 'data-kind="int"'))}
+      ${field("weights-epochs", "training epochs", input("weights-epochs", "number", trained?.train_epochs ?? 5, 'data-kind="int"'))}
       ${field("weights-file", "weights file (.safetensors)", '<input id="f-weights-file" type="file" accept=".safetensors">')}
     </div></fieldset>
     <fieldset><legend>Dataset</legend><div class="fields">
@@ -144,7 +144,7 @@ function build(root, cat) {
     const current = el.value || d.criterion;
     const checked = [...form.querySelectorAll("[data-dimension]:checked")].map((c) => c.dataset.dimension);
     const allowed = checked.length ? cat.criteria_by_kind[checked[0]].filter((c) => checked.every((k) => cat.criteria_by_kind[k].includes(c))) : cat.criteria;
-    el.innerHTML = select("criterion", allowed, allowed.includes(current) ? current : allowed[0]).replace(/^<select[^>]*>|<\/select>$/g, "");
+    el.innerHTML = optionTags(allowed, allowed.includes(current) ? current : allowed[0]);
   };
   const syncWeights = () => {
     const mode = form.querySelector('[name="weights-mode"]').value;
