@@ -7,6 +7,7 @@ one of them compares the run and sends its webhook.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -66,12 +67,13 @@ def finish(rt: Runtime, schedule: Schedule, run: ScheduleRun, result: dict[str, 
         comparison["previous_job_id"] = previous_job.id if previous_job else None
     elif run.status == "failed":
         flags = ["failed"]
-    regression = any(f != "failed" for f in flags)
-    updated = rt.schedules.update_run(run.id, comparison=comparison, regression=regression, flags=flags)
+    outcome: dict[str, Any] = {"comparison": comparison, "regression": any(f != "failed" for f in flags),
+                               "flags": flags}
+    if flags and schedule.webhook_url:  # notified before the outcome is stored, so that a reader who sees
+        # the comparison sees the webhook's answer with it (one write, not two a reader can fall between)
+        outcome["webhook"] = notify.post(schedule.webhook_url, notice(schedule, replace(run, **outcome)))
+    updated = rt.schedules.update_run(run.id, **outcome)
     log.info("schedule.run_ended", schedule=schedule.id, run=run.id, status=run.status, flags=flags)
-    if updated is not None and flags and schedule.webhook_url:
-        outcome = notify.post(schedule.webhook_url, notice(schedule, updated))
-        updated = rt.schedules.update_run(run.id, webhook=outcome)
     return updated
 
 
