@@ -199,10 +199,13 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
     seen: list[float] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
+        # status before value: one redraw sets both, so a terminal status read first guarantees that the
+        # value read next is from that redraw or a later one (the other order can pair a stale value with it)
+        status = row.get_attribute("data-status")
         value = float(row.locator("[role=progressbar]").get_attribute("aria-valuenow") or 0)
         if not seen or value != seen[-1]:
             seen.append(value)
-        if row.get_attribute("data-status") in {"succeeded", "failed", "cancelled"}:
+        if status in {"succeeded", "failed", "cancelled"}:
             break
         time.sleep(0.1)
     assert row.get_attribute("data-status") == "succeeded", (dash.root / "server.log").read_text()[-3000:]
