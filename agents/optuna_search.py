@@ -21,6 +21,14 @@ Design choices, and why:
   positive constraint, never given an invented accuracy.
 * Trial 0 is the uniform plan that just meets the budget (bisection on the cheap prediction), so
   the search starts from the baseline and can only improve on it.
+* A plan is evaluated once. Continuous ratios round to kept-channel counts, so two trials often name
+  the same network; a repeat is told its plan's result (at once, or when a pending first trial of
+  that plan is observed) and another trial is asked in its place, so `trials` counts distinct plans.
+  After `MAX_REPEATS_PER_TRIAL * trials` repeats the sampler is taken to have run out of new plans and
+  the search ends early.
+* The best plan is the study's: `study.best_trial` for TPE (the most accurate feasible trial, as
+  optuna-dashboard shows it), the most accurate of `study.best_trials` for NSGA-II; `agent.json` and
+  the study never disagree.
 * Storage: SQLite in the job folder by default, so optuna-dashboard can open it. A study is never
   resumed: the name is "prunesearch", or "prunesearch-2", -3... when the storage already holds one,
   so a re-run never mixes in old trials (the sampler seed, not the name, fixes the candidates).
@@ -50,6 +58,7 @@ STUDY_NAME = "prunesearch"
 DB_FILE = "optuna.db"
 CONSTRAINT = "budget"  # constraint key: <= 0 means the plan meets the budget
 UNIFORM_STEPS = 12
+MAX_REPEATS_PER_TRIAL = 4  # repeats asked, per planned trial, before the search is taken as exhausted
 _TINY = 1e-12  # a violation strictly above 0 when the evaluator says "not met" at the exact limit
 
 
@@ -122,7 +131,10 @@ class OptunaAgent(Agent):
         self._asked = 0
         self._pending: dict[int, Trial] = {}  # candidate id -> its asked, not yet told trial
         self._results: list[TrialResult] = []
-        self._best: TrialResult | None = None
+        self._plans: dict[tuple[tuple[str, int], ...], int] = {}  # plan -> candidate id of its first trial
+        self._waiting: dict[int, list[Trial]] = {}  # candidate id -> repeats of its plan, told when it is
+        self._told: dict[int, Evaluation] = {}  # candidate id -> its observed evaluation
+        self.repeats = 0
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
         """Seeded from the job, so the same seed asks the same candidates. Optuna 5's TPE defaults
@@ -180,11 +192,15 @@ class OptunaAgent(Agent):
 
     def suggest(self) -> list[Candidate]:
         batch: list[Candidate] = []
-        for _ in range(min(self.parallel, self.trials - self._asked)):
+        while len(batch) < self.parallel and self._asked < self.trials and not self.exhausted:
             trial = self.study.ask()
-            self._asked += 1
             ratios = {d.name: trial.suggest_categorical(d.name, [0.0, d.max_ratio]) if d.binary
                       else trial.suggest_float(d.name, 0.0, d.max_ratio) for d in self.ctx.space.dimensions}
+            plan = tuple(sorted(self.ctx.space.kept_for(ratios).items()))
+            if (first := self._plans.get(plan)) is not None:
+                self._repeat(trial, first)
+                continue
+            self._asked += 1
             predicted = self._predict(ratios)
             over = predicted is not None and predicted > self.prefilter_limit
             latency: LatencyMode = "none"
@@ -195,8 +211,23 @@ class OptunaAgent(Agent):
                 tag["prefiltered"] = True
             cand = self.candidate(ratios, accuracy=not over, latency=latency, **tag)
             self._pending[cand.id] = trial
+            self._plans[plan] = cand.id
             batch.append(cand)
         return batch
+
+    @property
+    def exhausted(self) -> bool:
+        """The sampler has asked for already-evaluated plans too often to expect a new one."""
+        return self.repeats >= MAX_REPEATS_PER_TRIAL * self.trials
+
+    def _repeat(self, trial: Trial, first: int) -> None:
+        """`trial` names the plan of candidate `first`: tell it that result now, or once it is observed."""
+        self.repeats += 1
+        trial.set_user_attr("repeat_of_candidate", first)
+        if first in self._told:
+            self._tell(trial, self._told[first], repeat=True)
+        else:
+            self._waiting.setdefault(first, []).append(trial)
 
     def observe(self, results: Sequence[Evaluation]) -> None:
         for e in results:
@@ -204,6 +235,9 @@ class OptunaAgent(Agent):
             if trial is None:
                 raise ValueError(f"candidate {e.candidate.id} was not suggested by this agent or was already observed")
             self._tell(trial, e)
+            self._told[e.candidate.id] = e
+            for repeat in self._waiting.pop(e.candidate.id, []):
+                self._tell(repeat, e, repeat=True)
 
     def _measure(self, e: Evaluation) -> tuple[float, float]:
         """(resource ratio, excess over the limit) of an evaluation, in the budget's metric."""
@@ -222,7 +256,8 @@ class OptunaAgent(Agent):
         ratio = predicted if predicted is not None else e.flops / space.flops
         return ratio, ratio - limit
 
-    def _tell(self, trial: Trial, e: Evaluation) -> None:
+    def _tell(self, trial: Trial, e: Evaluation, repeat: bool = False) -> None:
+        """Tell `trial` the result `e`; a repeat of an evaluated plan is told the same, and is not a result."""
         resource, excess = self._measure(e)
         feasible = e.meets_budget
         trial.set_constraint(CONSTRAINT, min(excess, 0.0) if feasible else max(excess, _TINY))
@@ -235,34 +270,45 @@ class OptunaAgent(Agent):
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, [e.val_acc] if self.sampler_name == "tpe" else [e.val_acc, resource])
-        result = TrialResult(trial.number, e, resource, feasible, prefiltered)
-        self._results.append(result)
-        if feasible and e.val_acc is not None and (
-                self._best is None or self._rank(result) > self._rank(self._best)):
-            self._best = result
+        if repeat:
+            return
+        self._results.append(TrialResult(trial.number, e, resource, feasible, prefiltered))
         self.ctx.emit({"type": "trial", "number": trial.number, "val_acc": e.val_acc, "resource_ratio": resource,
                        "feasible": feasible, "prefiltered": prefiltered})
 
-    @staticmethod
-    def _rank(r: TrialResult) -> tuple[float, float]:
-        """Most accurate first; on a tie, the cheaper plan."""
-        return (r.evaluation.val_acc or 0.0, -r.resource_ratio)
+    def _best_trial(self) -> TrialResult | None:
+        """The study's best feasible trial (see the module docstring), as the result it was told."""
+        if self.sampler_name == "tpe":
+            try:
+                trial = self.study.best_trial
+            except ValueError:  # nothing feasible and complete yet
+                return None
+        else:
+            front = self.study.best_trials
+            if not front:
+                return None
+            trial = max(front, key=lambda t: (t.values[0], -t.values[1], -t.number))
+        first = trial.user_attrs.get("repeat_of_candidate")  # a repeat stands for its plan's first trial
+        return next((r for r in self._results if r.number == trial.number or r.evaluation.candidate.id == first),
+                    None)
 
     def best(self) -> Evaluation | None:
-        return self._best.evaluation if self._best else None
+        best = self._best_trial()
+        return best.evaluation if best else None
 
     def pareto_front(self) -> list[dict[str, Any]]:
         """NSGA-II's feasible front as Optuna computes it (`study.best_trials`), cheapest first."""
         if self.sampler_name != "nsga2":
             return []
         front = [{"number": t.number, "val_acc": t.values[0], "resource_ratio": t.values[1], "ratios": dict(t.params)}
-                 for t in self.study.best_trials]
+                 for t in self.study.best_trials if "repeat_of_candidate" not in t.user_attrs]  # one point per plan
         return sorted(front, key=lambda p: (p["resource_ratio"], -p["val_acc"]))
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "sampler": self.sampler_name, "trials": len(self._results),
-            "best_trial": self._best.number if self._best else None,
+            "best_trial": best.number if (best := self._best_trial()) else None,
+            "repeats": self.repeats,
             "uniform_ratio": self.uniform_ratio,
             "warm_start": self.warm_start,
             "prefiltered": sum(r.prefiltered for r in self._results),

@@ -1,4 +1,7 @@
-"""Strategy name -> agent class, imported on first use (SB3 and Optuna are slow to import)."""
+"""Strategy name -> agent class, imported on first use (SB3 and Optuna are slow to import).
+
+The names and class paths are the strategies' own declarations (`agents.strategies`).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,9 @@ import importlib
 from typing import Any
 
 from agents.base import Agent, SearchContext
+from agents.strategies import strategy_models
 
-AGENTS: dict[str, str] = {
-    "uniform": "agents.bisection:UniformAgent",
-    "global": "agents.bisection:GlobalAgent",
-    "sensitivity": "agents.sensitivity:SensitivityAgent",
-    "netadapt": "agents.netadapt:NetAdaptAgent",
-    "amc": "agents.amc:AMCAgent",
-    "optuna": "agents.optuna_search:OptunaAgent",
-    "halp": "agents.halp:HALPAgent",
-}
+AGENTS: dict[str, str] = {name: model.agents[name] for name, model in strategy_models().items()}
 
 
 def agent_class(name: str) -> type[Agent]:

@@ -18,9 +18,10 @@ SPACE_KINDS: tuple[str, ...] = get_args(SpaceKind)
 SPARSE = ("unstructured", "nm")  # fine-grained: shapes stay, zeros are stored
 BINARY = ("block", "nm")  # a dimension that is either on or off
 CHANNEL_CRITERIA: tuple[str, ...] = get_args(ChannelCriterion)
-DATA_DRIVEN = ("taylor", "hessian", "activation")  # need a calibration pass over data
+DATA_DRIVEN = ("taylor", "hessian", "activation")  # channel criteria that need a calibration pass over data
 DATA_FREE = tuple(c for c in CHANNEL_CRITERIA if c not in DATA_DRIVEN)
 WEIGHT_ONLY_CRITERIA: tuple[str, ...] = get_args(WeightCriterion)
+NEEDS_DATA = (*DATA_DRIVEN, "wanda", "obd")  # every criterion, channel or weight, that needs calibration batches
 # Fine-grained criteria; "l1" of a single weight is its magnitude, so the default criterion works for both.
 SPARSE_CRITERIA = {"l1": "magnitude", **{c: c for c in WEIGHT_ONLY_CRITERIA}}
 

@@ -33,7 +33,7 @@ from search_spaces import sparsity
 from search_spaces.coupling import Coupling, build_graph, grouped_indices, searchable_groups
 from search_spaces.criteria import Batches, prepare_scorer
 from search_spaces.depth import block_layers, bypassable_blocks, drop_blocks
-from search_spaces.kinds import BINARY, DATA_DRIVEN, SPARSE, SPARSE_CRITERIA, KindError, check_kinds
+from search_spaces.kinds import BINARY, NEEDS_DATA, SPARSE, SPARSE_CRITERIA, KindError, check_kinds
 from search_spaces.plan import Granularity, GroupResult, LayerResult, ModelIdentity, Plan, PlanMismatchError
 from search_spaces.weights import fingerprint
 
@@ -207,8 +207,7 @@ class PruningSpace:
         except KindError as exc:
             raise SpaceError(str(exc)) from None
         self._calibration = list(calibration) if calibration is not None else None
-        data_driven = (*DATA_DRIVEN, "wanda", "obd")  # weight criteria that need a data pass
-        if criterion in data_driven and not self._calibration:
+        if criterion in NEEDS_DATA and not self._calibration:
             raise SpaceError(f"criterion: {criterion!r} needs calibration batches")
         self.example = torch.zeros(1, identity.in_channels, identity.input_size, identity.input_size)
         modules = dict(model.named_modules())

@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = Settings(**({"ray_address": args.ray_address} if args.ray_address else {}))
     if args.local:
         spec = spec.model_copy(update={"execution": spec.execution.model_copy(update={"backend": "local"})})
-    from service.space_check import preflight_spec
+    from service.preflight import preflight_spec
 
     preflight_spec(spec, settings.model_factories)  # a spec the model cannot honour exits 2 before any training
     log.info("job.start", job=args.job, strategy=spec.strategy.name, budget=spec.budget.model_dump(), out=args.out,

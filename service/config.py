@@ -53,3 +53,12 @@ class Settings(BaseSettings):
                                                                    "the database and compares finished runs")
     webhook_hosts: list[str] = Field(default_factory=list, description="hosts a schedule's webhook URL may name; "
                                                                        "empty: any host")
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where POST /weights keeps uploads; a spec names one as `upload:<id>`."""
+        return self.artifact_dir / "weights"
+
+    def upload_file(self, upload_id: str) -> Path:
+        """The one place the upload-path formula lives (uploads, preflight, worker, schedules)."""
+        return self.uploads_dir / f"{upload_id}.safetensors"

@@ -42,7 +42,7 @@ from search_spaces.sparsity import make_permanent
 from search_spaces.weights import load_into, read_state_dict
 from search_spaces.zoo import build_model
 from service.config import Settings
-from service.space_check import space_settings
+from service.preflight import space_settings, unreachable
 from service.spec import JobSpec, SpecError, TrainWeights
 
 log = structlog.get_logger()
@@ -143,15 +143,9 @@ def resolve_budget(spec: JobSpec, space: PruningSpace, base_latency: LatencyStat
     base = {"flops": float(space.flops), "params": float(space.params),
             "latency_ms": base_latency.median_ms if base_latency else 0.0}[b.metric]
     limit = b.target * base if b.relative else b.target
-    budget = Budget(b.metric, limit, base, b.tolerance)
-    if b.metric != "latency_ms":
-        flops, params = space.cost(space.smallest())
-        if not budget.met(flops, params):
-            smallest = flops if b.metric == "flops" else params
-            raise BudgetUnreachableError(
-                f"budget.target: {b.metric} <= {limit:.0f} is unreachable; the most pruned plan this space allows "
-                f"(max_ratio={spec.max_ratio}) has {smallest} ({smallest / base:.3f} of the base)")
-    return budget
+    if (why := unreachable(spec, space)) is not None:
+        raise BudgetUnreachableError(f"budget.target: {b.metric} <= {limit:.0f} is {why}")
+    return Budget(b.metric, limit, base, b.tolerance)
 
 
 def build_lut(space: PruningSpace, meter: LatencyMeter, base_ms: float, cache_dir: Path, emit: Emit) -> LatencyTable:

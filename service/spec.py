@@ -6,14 +6,13 @@ Every model forbids unknown fields so a typo is an error naming the field, not a
 from __future__ import annotations
 
 import json
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agents.halp import VARIANT_PATTERN
+from agents.strategies import BisectionStrategy, StrategySpec, Strict
 from search_spaces.kinds import ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
 
 Criterion = Literal[ChannelCriterion, WeightCriterion]
@@ -21,10 +20,6 @@ Runtime = Literal["eager", "torchscript", "onnxruntime"]
 DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "digits_demo.yaml"  # `make demo`, the form's defaults
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_SAMPLES = 100_000_000
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TrainWeights(Strict):
@@ -120,112 +115,6 @@ class FinetuneSpec(Strict):
     @property
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else self.base_lr / 10
-
-
-class BisectionStrategy(Strict):
-    """Baselines: one global knob (uniform ratio, or global importance threshold) bisected to the budget."""
-
-    name: Literal["uniform", "global"]
-    steps: int = Field(12, ge=2, le=60, description="bisection steps on the knob")
-
-
-class SensitivityStrategy(Strict):
-    """Prune one group at a time at each ratio, then one accuracy-loss threshold sets every group's ratio."""
-
-    name: Literal["sensitivity"]
-    ratios: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1, max_length=50)
-    threshold_steps: int = Field(20, ge=2, le=100, description="bisection steps on the accuracy-loss threshold")
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios_in_range(cls, v: list[float]) -> list[float]:
-        if any(not 0 < r < 1 for r in v):
-            raise ValueError("every ratio must be in (0, 1)")
-        return sorted(set(v))
-
-
-WarmStart = dict[str, Annotated[float, Field(ge=0, lt=1)]] | None
-
-
-class NetAdaptStrategy(Strict):
-    """Iterations that each remove a shrinking slice of the resource; keep the best candidate per iteration."""
-
-    name: Literal["netadapt"]
-    initial_fraction: float = Field(0.1, gt=0, lt=1, description="first iteration removes this fraction of the base")
-    decay: float = Field(0.96, gt=0, le=1, description="each iteration's slice is the previous one times this")
-    short_steps: int = Field(20, ge=0, le=100_000, description="fine-tune steps per candidate")
-    max_iterations: int = Field(40, ge=1, le=1000)
-    warm_start: WarmStart = Field(None, max_length=10_000, description="start the iterations from this plan (group -> "
-                                  "ratio), e.g. the previous scheduled run's; it is checked first and returned if "
-                                  "it already meets the budget")
-
-
-class AMCStrategy(Strict):
-    """DDPG agent (stable-baselines3) walking the groups, one action (ratio) per group."""
-
-    name: Literal["amc"]
-    episodes: int = Field(120, ge=2, le=100_000)
-    warmup_episodes: int = Field(20, ge=1, le=100_000, description="episodes of random actions before learning")
-    reward: Literal["accuracy_guaranteed", "resource_constrained"] = "accuracy_guaranteed"
-    lower: float = Field(0.0, ge=0, lt=1, description="smallest ratio an action can ask for")
-    upper: float = Field(0.8, gt=0, lt=1, description="largest ratio an action can ask for")
-    noise_sigma: float = Field(0.5, ge=0, le=2, description="initial exploration noise (truncated normal)")
-    noise_decay: float = Field(0.95, gt=0, le=1, description="per-episode decay of the exploration noise")
-    baseline_momentum: float = Field(0.95, ge=0, lt=1, description="moving-average reward baseline")
-    batch_size: int = Field(64, ge=1, le=4096)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AMCStrategy:
-        if self.lower >= self.upper:
-            raise ValueError("strategy.lower must be below strategy.upper")
-        if self.warmup_episodes >= self.episodes:
-            raise ValueError("strategy.warmup_episodes must be fewer than strategy.episodes")
-        return self
-
-
-class OptunaStrategy(Strict):
-    """Optuna: TPE for one objective under the budget, or NSGA-II for accuracy vs latency (a Pareto front)."""
-
-    name: Literal["optuna"]
-    sampler: Literal["tpe", "nsga2"] = "tpe"
-    trials: int = Field(60, ge=2, le=100_000)
-    parallel: int = Field(2, ge=1, le=256, description="trials asked at once and evaluated in parallel")
-    storage: str | None = Field(None, description="Optuna storage URL; default: SQLite in the job folder")
-    warm_start: WarmStart = Field(None, max_length=10_000, description="a plan (group -> ratio) tried early, e.g. the "
-                                  "previous scheduled run's best; groups the model lacks are ignored")
-
-
-class HALPStrategy(Strict):
-    """Latency-aware resource allocation (HALP, NVIDIA 2022): what each unit removed loses against its
-    lookup-table latency (or MACs, params), allocated greedily as a knapsack under the budget, each
-    variant landed on the budget on the device and scored (BN recalibration, EagleEye); the best is kept."""
-
-    name: Literal["halp"]
-    variants: list[Annotated[str, Field(pattern=VARIANT_PATTERN)]] = Field(
-        default_factory=lambda: ["sensitivity", "taylor", "uniform"], min_length=1, max_length=12,
-        description="how each allocation values what it removes: sensitivity (accuracy drop of each group pruned "
-                    "alone), taylor (first-order loss change, HALP's), magnitude, uniform (one ratio); kind^p raises "
-                    "each term to the power p")
-    scan_ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
-        default_factory=lambda: [0.25, 0.5, 0.75, 0.9], min_length=1, max_length=20,
-        description="ratios each group is scanned at for the sensitivity variant")
-    confirm_steps: int = Field(5, ge=1, le=30, description="device timings per variant to land it on the budget")
-    short_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring a variant's plan")
-
-
-STRATEGY_MODELS = (BisectionStrategy, SensitivityStrategy, NetAdaptStrategy, AMCStrategy, OptunaStrategy, HALPStrategy)
-StrategySpec = Annotated[
-    BisectionStrategy | SensitivityStrategy | NetAdaptStrategy | AMCStrategy | OptunaStrategy | HALPStrategy,
-    Field(discriminator="name"),
-]
-
-
-def strategy_models() -> dict[str, type[Strict]]:
-    """Strategy name -> its parameters model, read from each model's `name` literal (the one declaration)."""
-    return {name: model for model in STRATEGY_MODELS
-            for name in typing.get_args(model.model_fields["name"].annotation)}
 
 
 class ExecutionSpec(Strict):

@@ -45,13 +45,14 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 def resolve_paths(spec: JobSpec, settings: Settings) -> JobSpec:
     """Turn server-side references into paths: `upload:<id>` weights, operator dataset roots."""
-    data = spec.model_dump()
-    weights = data["model"]["weights"]
+    weights, dataset = spec.model.weights, spec.dataset
     if isinstance(weights, str) and weights.startswith("upload:"):
-        data["model"]["weights"] = str(settings.artifact_dir / "weights" / f"{weights.split(':', 1)[1]}.safetensors")
-    if data["dataset"]["root"] is None and spec.dataset.name in settings.dataset_roots:
-        data["dataset"]["root"] = settings.dataset_roots[spec.dataset.name]
-    return parse_spec(data)
+        spec = spec.model_copy(update={"model": spec.model.model_copy(
+            update={"weights": str(settings.upload_file(weights.split(":", 1)[1]))})})
+    if dataset.root is None and dataset.name in settings.dataset_roots:
+        root = settings.dataset_roots[dataset.name]
+        spec = spec.model_copy(update={"dataset": dataset.model_copy(update={"root": root})})
+    return spec
 
 
 def progress_of(event: Event, progress: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from agents.strategies import strategy_models
 from search_spaces.datasets import DataSplits
 from search_spaces.plan import ModelIdentity
 from search_spaces.space import PruningSpace
@@ -21,16 +23,33 @@ from search_spaces.zoo import build_model
 from service.store.engine import redact
 from tests.live_server import Server, started, stop
 
-# Small searches for the agent suites: every strategy with settings that finish in seconds.
-FAST_STRATEGIES: dict[str, dict[str, Any]] = {
-    "uniform": {"steps": 5},
-    "global": {"steps": 5},
-    "sensitivity": {"ratios": [0.3, 0.6], "threshold_steps": 8},
-    "netadapt": {"initial_fraction": 0.25, "decay": 1.0, "short_steps": 2, "max_iterations": 6},
-    "amc": {"episodes": 6, "warmup_episodes": 3, "batch_size": 8},
-    "optuna": {"trials": 8, "parallel": 2},
-    "halp": {"variants": ["sensitivity", "taylor", "uniform"], "scan_ratios": [0.5], "confirm_steps": 3},
-}
+# Small searches for the agent suites: every strategy with the settings it declares to finish in seconds.
+FAST_STRATEGIES: dict[str, dict[str, Any]] = {name: model.smoke for name, model in strategy_models().items()}
+
+
+# What makes a test `live` (the rest are `unit`): a module about Ray, the PostgreSQL side of `db_url`, a
+# fixture that starts a server, a cluster or a browser, or a test or fixture body that starts one itself.
+LIVE_MODULES = frozenset({"test_ray_backend", "test_ray_cluster", "test_dashboard"})
+LIVE_FIXTURES = frozenset({"server", "pg_admin", "browser", "dash", "cluster", "srv", "env"})
+LIVE_CALLS = ("started(", "fuzz_server(", '"backend": "ray"', "chromium", "PG_URL")
+
+
+def is_live(item: pytest.Item) -> bool:
+    if item.path.stem in LIVE_MODULES or LIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("db_url") == "postgresql":
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    functions = [getattr(item, "function", None)] + [
+        d.func for name, defs in (info.name2fixturedefs.items() if info else ()) if name != "db_url" for d in defs]
+    return any(call in inspect.getsource(f) for f in functions if f is not None for call in LIVE_CALLS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test `unit` or `live`, so a change can be checked fast (`-m unit`) before `make test`."""
+    for item in items:
+        item.add_marker(pytest.mark.live if is_live(item) else pytest.mark.unit)
 
 
 PG_URL = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

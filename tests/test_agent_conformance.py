@@ -139,7 +139,7 @@ def test_resume_from_checkpoint_continues_the_same_search(name: str, tmp_path: P
     assert outcome.best.candidate.ratios == whole.best.candidate.ratios
 
 
-@pytest.mark.parametrize("name", sorted(n for n in AGENTS if n in ("amc", "optuna")))
+@pytest.mark.parametrize("name", ["amc", "optuna"])  # the seeded learners; HALP replays the same for any seed
 def test_replay_refuses_a_checkpoint_it_would_not_reproduce(name: str, tmp_path: Path) -> None:
     """Replay-resumed agents check every replayed candidate: another seed must not silently continue."""
     space = make_space("small_cnn", 8, round_to=2)

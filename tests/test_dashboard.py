@@ -55,7 +55,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = started(tmp_path_factory.mktemp("dashboard"))
+    # a model with a channel shuffle: the preflight excludes the layers feeding it (see test_zoo_sweep)
+    srv = started(tmp_path_factory.mktemp("dashboard"),
+                  PRUNESEARCH_MODEL_FACTORIES=json.dumps({"shuffle": "tests.test_zoo_sweep:ShuffleNet"}))
     yield srv
     stop(srv)
 
@@ -226,6 +228,9 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
         assert chart_points(page, key) > 0, key
     for key in NOT_FOR_SENSITIVITY:
         assert page.locator(f'[data-panel="{key}"]').is_hidden()
+    log_text = page.inner_text("#d-log")  # each line rendered from its kind's template in /catalog
+    assert "phase search end after" in log_text and "budget: flops ≤" in log_text, log_text[-2000:]
+    assert "sensitivity " in log_text and " @ " in log_text and "done: artifacts written" in log_text, log_text[-2000:]
     legend = page.locator('[data-chart="flops"] .legend').text_content() or ""
     assert "budget" in legend and "uniform baseline" in legend and "chosen plan" in legend
     assert "FLOPs (millions of MACs)" in (page.locator('[data-chart="flops"] .xtitle').text_content() or "")
@@ -365,3 +370,25 @@ def test_static_files_are_served_from_packages(dash: Server) -> None:
     assert js.content == (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
     assert httpx.get(f"{dash.url}/static/..%2Fpipeline.py").status_code == 404
     assert httpx.get(f"{dash.url}/static/nothing.js").status_code == 404
+
+
+def test_the_job_page_lists_the_layers_the_preflight_excluded(browser: Any, dash: Server) -> None:
+    """Layers whose pruning cannot work are left out automatically; the job page says which and why."""
+    client = dash.client()
+    job = client.submit(job_dict(name="dash-excluded", model={"arch": "factory:shuffle", "num_classes": 10,
+                                                              "in_channels": 1, "input_size": 8,
+                                                              "weights": {"train_epochs": 1}},
+                                 budget={"metric": "flops", "target": 0.8}, strategy={"name": "uniform", "steps": 3}))
+    assert wait_status(client, job["id"], {"failed", "succeeded"})["status"] == "succeeded"
+    plan = httpx.get(f"{dash.url}/api/v1/jobs/{job['id']}/plan").json()
+    assert set(plan["excluded"]) == {"stem.0", "units.0.3.0", "units.1.3.0"}
+    page = browser.new_page()
+    console = Console(page, dash.url)
+    page.goto(f"{dash.url}/#/jobs/{job['id']}")
+    page.wait_for_selector(COMPLETE, state="attached")
+    items = page.locator("#d-excluded li")
+    assert items.count() == 3 and page.locator("#d-excluded").is_visible()
+    for layer, why in plan["excluded"].items():
+        assert why in page.locator(f'#d-excluded li[data-layer="{layer}"]').inner_text()
+    assert console.errors == []
+    page.close()

@@ -191,7 +191,7 @@ def test_batches_never_exceed_parallel_or_trials(space: PruningSpace, trials: in
     assert all(0 < n <= parallel for n in evaluator.batches)
     assert sum(evaluator.batches) == len(outcome.history) == trials == agent.planned_evaluations()
     assert agent.suggest() == []  # finished stays finished
-    assert len(agent.study.trials) == trials
+    assert len(agent.study.trials) == trials + agent.repeats
 
 
 def test_each_result_is_told_once(space: PruningSpace) -> None:
@@ -204,3 +204,38 @@ def test_each_result_is_told_once(space: PruningSpace) -> None:
         agent.observe(results[:1])
     agent.observe(results[1:])
     assert agent.summary()["trials"] == 2
+
+
+def plan_of(space: PruningSpace, e: Evaluation) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(space.kept_for(e.candidate.ratios).items()))
+
+
+def test_a_plan_is_evaluated_once_and_repeats_are_told_its_result() -> None:
+    # Coarse rounding: few distinct networks, so TPE's continuous ratios often name one already evaluated.
+    coarse = make_space("small_cnn", 8, round_to=16)  # 2 x 4 kept-channel counts: 8 networks in all
+    agent, outcome, _, _ = fake_search(coarse, trials=5, parallel=3)
+    plans = [plan_of(coarse, e) for e in outcome.history]
+    assert len(set(plans)) == len(plans) == 5  # every evaluation a new network, and still 5 of them
+    repeats = [t for t in agent.study.trials if "repeat_of_candidate" in t.user_attrs]
+    assert agent.repeats == len(repeats) > 0 and agent.summary()["repeats"] == len(repeats)
+    by_id = {e.candidate.id: e for e in outcome.history}
+    for t in repeats:  # told exactly what its plan's first trial was told, constraint included
+        first = by_id[t.user_attrs["repeat_of_candidate"]]
+        assert t.state.is_finished() and t.values == [first.val_acc]
+        assert (t.constraints["budget"] <= 0) == first.meets_budget
+        assert coarse.kept_for(t.params) == coarse.kept_for(first.candidate.ratios)
+    # agent.json's best is the study's best (a repeat stands for its plan's first trial)
+    best = outcome.best
+    study_best = agent.study.best_trial
+    assert best is not None and study_best.value == best.val_acc
+    assert agent.summary()["best_trial"] == best.candidate.tag["trial"]
+    assert study_best.number == best.candidate.tag["trial"] or (
+        study_best.user_attrs["repeat_of_candidate"] == best.candidate.id)
+
+
+def test_a_search_that_runs_out_of_new_plans_ends() -> None:
+    tiny = make_space("small_cnn", 8, round_to=16, max_ratio=0.5)  # 6 networks in all
+    distinct = {tuple(sorted(tiny.kept_for(tiny.uniform(r)).items())) for r in (0.0, 0.5)}
+    agent, outcome, _, _ = fake_search(tiny, trials=40, parallel=2)
+    assert len(outcome.history) < 40 and agent.exhausted and agent.suggest() == []
+    assert len({plan_of(tiny, e) for e in outcome.history}) == len(outcome.history) >= len(distinct)

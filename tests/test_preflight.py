@@ -3,6 +3,7 @@ field and the CLI exits 2, before any training."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from fastapi import HTTPException
 from torch import nn
 
 from search_spaces import preflight
@@ -19,8 +19,9 @@ from search_spaces.plan import ModelIdentity
 from search_spaces.preflight import PreflightError, checked_space
 from search_spaces.space import PruningSpace
 from search_spaces.zoo import build_model
-from service.api.submission import check_submission
+from service.api.deps import spec_refused
 from service.config import Settings
+from service.preflight import SpecRefused, check_submission
 from service.spec import parse_spec
 from tests.conftest import job_dict
 
@@ -160,10 +161,11 @@ def test_rest_submission_answers_400_on_the_field(tmp_path: Path) -> None:
     settings = Settings(model_factories=FACTORIES, artifact_dir=tmp_path)
     spec = parse_spec(job_dict(model={"arch": "factory:topkgate", "num_classes": 10, "in_channels": 1,
                                       "input_size": 8, "weights": {"train_epochs": 1}}, max_ratio=0.9))
-    with pytest.raises(HTTPException) as info:
+    with pytest.raises(SpecRefused) as info:
         check_submission(spec, settings)
-    assert info.value.status_code == 400
-    detail = info.value.detail[0]
+    answer = asyncio.run(spec_refused(None, info.value))  # type: ignore[arg-type]  # what deps.py answers over HTTP
+    assert answer.status_code == 400
+    detail = json.loads(answer.body)["detail"][0]
     assert detail["loc"] == ["body", "max_ratio"] and "'conv'" in detail["msg"]
 
 

@@ -191,6 +191,22 @@ def locs(response: Any) -> set[str]:
     return {".".join(str(p) for p in e["loc"][1:]) for e in response.json()["detail"]}
 
 
+def test_the_catalog_serves_each_vocabulary_from_its_one_declaration(api: TestClient) -> None:
+    """The dashboard reads strategies, criteria, kinds, phases and event kinds from here, never a copy."""
+    from agents.events import EVENT_KINDS
+    from agents.strategies import strategy_models
+    from search_spaces.kinds import SPACE_KINDS, criteria_for
+    from service.pipeline import PHASES
+
+    cat = api.get("/api/v1/catalog").json()
+    assert set(cat["strategies"]) == set(strategy_models())
+    assert set(cat["strategies"]["optuna"]) >= {"trials", "warm_start"}  # the parameters, from the model
+    assert cat["events"] == EVENT_KINDS
+    assert cat["phases"] == [{"name": n, "weight": w} for n, w in PHASES]
+    assert cat["dimensions"] == list(SPACE_KINDS)
+    assert cat["criteria_by_kind"] == {kind: criteria_for(kind) for kind in SPACE_KINDS}
+
+
 def test_one_422_names_every_invalid_field(api: TestClient) -> None:
     both = job_dict(model={"arch": "resnet9000"}, round_to=0, budget={"metric": "energy", "target": 0.5})
     r = api.post("/api/v1/jobs", json=both, headers=AUTH)

@@ -13,9 +13,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from service import dashboard
+from service.api.deps import spec_refused
 from service.api.routers import jobs, schedules, system, weights
-from service.api.submission import catalog_errors
 from service.config import Settings
+from service.preflight import SpecRefused, catalog_errors
 from service.runner import JobRunner
 from service.schedules import metrics as schedule_metrics
 from service.schedules.scheduler import SchedulerHost
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, run_jobs: bool = True) -> FastA
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.add_exception_handler(RequestValidationError, validation_failed)  # type: ignore[arg-type]
+    app.add_exception_handler(SpecRefused, spec_refused)  # type: ignore[arg-type]
     for router in (jobs.router, weights.router, system.router, schedules.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(dashboard.router)  # the web dashboard at /, outside the API

@@ -1,4 +1,5 @@
-"""Request dependencies: the store, the settings, and bearer-token authentication."""
+"""Request dependencies: the store, the settings, bearer-token authentication, and the mapping of the
+preflight's domain errors onto HTTP."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Message
 
 from service.config import Settings
+from service.preflight import SpecRefused
 from service.store import JobStore
 
 bearer = HTTPBearer(auto_error=False)
@@ -139,3 +141,17 @@ def check_active_limit(store: JobStore, settings: Settings, owner: str) -> None:
                             detail=f"token {owner!r} already has {active} queued or running jobs; the limit is "
                                    f"{limit} (PRUNESEARCH_MAX_ACTIVE_JOBS_PER_TOKEN): wait for one to finish or "
                                    "cancel one")
+
+
+REFUSAL_STATUS = {"invalid": status.HTTP_422_UNPROCESSABLE_CONTENT, "unsatisfiable": status.HTTP_400_BAD_REQUEST,
+                  "unavailable": status.HTTP_503_SERVICE_UNAVAILABLE}
+
+
+async def spec_refused(request: Request, exc: SpecRefused) -> JSONResponse:
+    """A preflight refusal in FastAPI's error shape: each problem under `body.<field>`; a check that
+    could not run (503) as one message."""
+    code = REFUSAL_STATUS[exc.kind]
+    if exc.kind == "unavailable":
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+    detail = [{"loc": ["body", *loc], "msg": msg, "type": "value_error"} for loc, msg in exc.problems]
+    return JSONResponse({"detail": detail}, status_code=code)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.events import EVENT_KINDS
+
 JOB_ID = "4ef3818aa9224cc18f18dc694546161a"
 _BASE = f"/api/v1/jobs/{JOB_ID}"
 
@@ -93,6 +95,7 @@ CATALOG: dict[str, Any] = {
     "strategies": {"uniform": {"steps": {"type": "integer", "default": 12, "minimum": 1, "maximum": 60}}},
     "criteria": ["l1", "l2", "bn_scale", "fpgm", "lamp", "random", "taylor", "hessian", "activation"],
     "runtimes": ["eager", "torchscript", "onnxruntime"], "budget_metrics": ["latency_ms", "flops", "params"],
+    "events": {kind: EVENT_KINDS[kind] for kind in ("phase", "trial")},
     "devices": [{"name": "cpu", "model": "AMD EPYC 7B13", "cores": 2, "runtimes": ["eager", "torchscript",
                                                                                    "onnxruntime"],
                  "node": "127.0.0.1", "node_id": "local", "hostname": "build-1", "resources": []}],

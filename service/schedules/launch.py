@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from agents.strategies import takes_warm_start
 from service.schedules import cron
 from service.schedules.runtime import Runtime, current
 from service.schedules.store import Schedule, ScheduleRun
@@ -27,7 +28,6 @@ log = structlog.get_logger()
 
 ON_TIME_S = 60.0  # the most a fire may be late and still count as on time (see on_time_s)
 MISSED_RECORDS = 50  # at most this many earlier missed fire times are recorded per catch-up
-WARM_START_STRATEGIES = frozenset({"optuna", "netadapt"})  # strategies whose spec takes a warm_start plan
 RECENT_RUNS = 50  # how far back the unchanged-weights and warm-start lookups go
 
 
@@ -157,7 +157,7 @@ def unchanged_since(rt: Runtime, schedule: Schedule, run: ScheduleRun, sha256: s
 def warm_start(rt: Runtime, schedule: Schedule, run: ScheduleRun, spec: dict[str, Any]) -> list[str]:
     """Seed the search with the previous successful run's plan where the strategy takes one."""
     strategy = spec.get("strategy")
-    if not isinstance(strategy, dict) or strategy.get("name") not in WARM_START_STRATEGIES:
+    if not isinstance(strategy, dict) or not takes_warm_start(str(strategy.get("name"))):
         return []
     if strategy.get("warm_start") is not None:
         return ["warm start: the template's own plan"]

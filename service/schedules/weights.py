@@ -47,10 +47,6 @@ class ResolvedWeights:
     reference: str  # what the job spec's model.weights says: upload:<sha256>
 
 
-def uploads_dir(settings: Settings) -> Path:
-    return settings.artifact_dir / "weights"
-
-
 def check_source(source: dict[str, Any], settings: Settings) -> None:
     """Refuse a source the operator does not allow or that does not exist (create/update time)."""
     if "path" in source:
@@ -78,7 +74,7 @@ def allowed_path(text: str, settings: Settings) -> Path:
 def upload_path(upload_id: str, settings: Settings) -> Path:
     if not UPLOAD_ID.match(upload_id):
         raise WeightsSourceError("upload_id", f"{upload_id!r}: the id POST /weights returned (32 hex digits)")
-    path = uploads_dir(settings) / f"{upload_id}.safetensors"
+    path = settings.upload_file(upload_id)
     if not path.is_file():
         raise WeightsSourceError("upload_id", f"no uploaded weights {upload_id!r}")
     return path
@@ -127,7 +123,7 @@ def resolve(source: dict[str, Any], settings: Settings) -> ResolvedWeights:
     else:
         path = upload_path(str(source["upload_id"]), settings)
     sha = sha256_of(path)
-    frozen = uploads_dir(settings) / f"{sha}.safetensors"
+    frozen = settings.upload_file(sha)
     if not frozen.is_file():
         frozen.parent.mkdir(parents=True, exist_ok=True)
         tmp = frozen.with_name(f"{sha}.{os.getpid()}.tmp")

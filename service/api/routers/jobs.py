@@ -16,7 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from service.api import examples
 from service.api.deps import BodyLimitRoute, Reader, SettingsDep, StoreDep, Writer, check_active_limit
-from service.api.submission import check_submission, example_job
+from service.preflight import check_submission, example_job
 from service.spec import JobSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=BodyLimitRoute,  # 413 above max_spec_bytes

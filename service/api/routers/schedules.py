@@ -7,6 +7,7 @@ cannot run). Reads need the Reader dependency, changes the Writer one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -18,21 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.api import examples
 from service.api.deps import BodyLimitRoute, Reader, SettingsDep, StoreDep, Writer
-from service.api.submission import check_submission, field_error
 from service.config import Settings
+from service.preflight import SpecRefused, check_submission, unsatisfiable
 from service.schedules import cron
 from service.schedules.launch import run_now
 from service.schedules.runtime import Runtime
 from service.schedules.store import OPEN, Schedule, ScheduleRun, ScheduleStore
 from service.schedules.weights import WeightsSourceError, check_source
-from service.spec import JobSpec
+from service.spec import JobSpec, Strict
 from service.store import JobStore
 
 router = APIRouter(prefix="/schedules", tags=["schedules"], route_class=BodyLimitRoute)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class WeightsSource(Strict):
@@ -221,12 +218,11 @@ def _parse(data: dict[str, Any]) -> ScheduleIn:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-def _job_loc(loc: list[Any], source: dict[str, str]) -> list[Any]:
-    """A check_submission error location, moved under `job` (weights problems belong to `weights`)."""
-    rest = loc[1:]  # drop "body"
-    if rest[:2] == ["model", "weights"]:
-        return ["body", "weights", *source]
-    return ["body", "job", *rest]
+def _job_loc(source: dict[str, str]) -> Callable[[tuple[str | int, ...]], tuple[str | int, ...]]:
+    """Where a check_submission problem lives in a schedule: under `job` (weights problems under `weights`)."""
+    def relocate(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        return ("weights", *source) if loc[:2] == ("model", "weights") else ("job", *loc)
+    return relocate
 
 
 def _validated(body: ScheduleIn, settings: Settings) -> dict[str, Any]:
@@ -235,21 +231,19 @@ def _validated(body: ScheduleIn, settings: Settings) -> dict[str, Any]:
     try:
         check_source(source, settings)
     except WeightsSourceError as exc:
-        raise field_error(status.HTTP_400_BAD_REQUEST, ["weights", exc.field], str(exc)) from None
+        raise unsatisfiable(f"weights.{exc.field}", str(exc)) from None
     host = urlsplit(body.webhook_url).hostname if body.webhook_url else None
     if host is not None and settings.webhook_hosts and host not in settings.webhook_hosts:
-        raise field_error(status.HTTP_400_BAD_REQUEST, ["webhook_url"],
-                          f"host {host!r} not allowed; this server posts only to {settings.webhook_hosts}")
+        raise unsatisfiable("webhook_url",
+                            f"host {host!r} not allowed; this server posts only to {settings.webhook_hosts}")
     probe = body.job
     if "upload_id" in source:  # uploaded weights must fit the model now; a folder's are checked per run
         probe = probe.model_copy(update={"model": probe.model.model_copy(
             update={"weights": f"upload:{source['upload_id']}"})})
     try:
         check_submission(probe, settings)
-    except HTTPException as exc:
-        if isinstance(exc.detail, list):
-            exc.detail = [{**err, "loc": _job_loc(list(err.get("loc", [])), source)} for err in exc.detail]
-        raise
+    except SpecRefused as exc:
+        raise exc.moved(_job_loc(source)) from None
     return {"name": body.name, "cron": body.cron, "timezone": body.timezone, "paused": body.paused,
             "weights": source, "job": body.job.model_dump(mode="json", exclude_unset=True),
             "missed": body.missed, "grace_s": body.grace_s, "skip_unchanged": body.skip_unchanged,

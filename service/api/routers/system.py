@@ -9,7 +9,8 @@ from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from agents.registry import AGENTS
+from agents.events import EVENT_KINDS
+from agents.strategies import strategy_models
 from search_spaces.datasets import available_datasets
 from search_spaces.kinds import CHANNEL_CRITERIA, SPACE_KINDS, WEIGHT_ONLY_CRITERIA, criteria_for
 from search_spaces.zoo import available_models
@@ -18,7 +19,7 @@ from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
 from service.config import Settings
 from service.pipeline import PHASES
-from service.spec import DEMO_JOB, JobSpec, load_spec, strategy_models
+from service.spec import DEMO_JOB, JobSpec, load_spec
 
 router = APIRouter(tags=["system"])
 
@@ -37,14 +38,14 @@ async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
     return {
         "models": available_models(settings.model_factories),
         "datasets": [d for d in available_datasets() if not d.startswith("imagefolder")],
-        "strategies": {name: {k: v for k, v in props.items() if k != "name"} for name, props in strategies.items()
-                       if name in AGENTS},
+        "strategies": {name: {k: v for k, v in props.items() if k != "name"} for name, props in strategies.items()},
         "criteria": [*CHANNEL_CRITERIA, *WEIGHT_ONLY_CRITERIA],
         "criteria_by_kind": {kind: criteria_for(kind) for kind in SPACE_KINDS},
         "dimensions": list(SPACE_KINDS),
         "runtimes": schema["$defs"]["DeviceSpec"]["properties"]["runtime"]["enum"],
         "budget_metrics": schema["$defs"]["BudgetSpec"]["properties"]["metric"]["enum"],
         "phases": [{"name": name, "weight": weight} for name, weight in PHASES],
+        "events": EVENT_KINDS,
         "defaults": demo_defaults(),
         "devices": await run_in_threadpool(_devices, settings),
     }

@@ -34,7 +34,7 @@ async def upload(request: Request, settings: SettingsDep, _: Writer) -> WeightsO
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             detail=f"upload exceeds {settings.max_upload_bytes} bytes")
     weights_id = uuid.uuid4().hex
-    folder = settings.artifact_dir / "weights"
+    folder = settings.uploads_dir
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{weights_id}.upload"
     size = 0
@@ -55,7 +55,7 @@ async def upload(request: Request, settings: SettingsDep, _: Writer) -> WeightsO
             with open(tmp, "rb") as fh:
                 reason = refused_format(fh.read(8)) or str(exc)
             raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"not a safetensors file: {reason}") from exc
-        tmp.replace(folder / f"{weights_id}.safetensors")
+        tmp.replace(settings.upload_file(weights_id))
     finally:
         tmp.unlink(missing_ok=True)
     return WeightsOut(id=weights_id, reference=f"upload:{weights_id}", size=size, tensors=count)

@@ -1,44 +1,21 @@
 // Job detail: live over SSE while running; summary, downloads and every chart the job has data for.
 import * as C from "./charts.js";
 import { api, badge, banner, budgetText, count, dateTime, duration, errorText, esc, jobDuration, ms, pct, plot,
-  progressBar, streamEvents, TERMINAL } from "./util.js";
+  progressBar, streamEvents, summarize, TERMINAL } from "./util.js";
 
+// [key, title, chart, the event kind it needs (shown once the job emitted one; null: every job)]
 const PANELS = [
   ["best", "Best so far", C.bestSoFar, null],
   ["latency", "Accuracy vs measured latency", (s) => C.tradeoff(s, "latency"), null],
   ["flops", "Accuracy vs FLOPs", (s) => C.tradeoff(s, "flops"), null],
   ["layers", "Chosen plan: channels per layer", C.layerChannels, null],
   ["groups", "Chosen plan: fraction removed per dimension", C.groupRatios, null],
-  ["sensitivity", "Sensitivity per group", C.sensitivity, "sensitivity"],
-  ["amc", "AMC reward per episode", C.amcRewards, "amc"],
-  ["netadapt", "NetAdapt: accuracy and resource per iteration", C.netadapt, "netadapt"],
+  ["sensitivity", "Sensitivity per group", C.sensitivity, "sensitivity_point"],
+  ["amc", "AMC reward per episode", C.amcRewards, "amc_episode"],
+  ["netadapt", "NetAdapt: accuracy and resource per iteration", C.netadapt, "netadapt_iteration"],
   ["lut", "Latency per layer (lookup table): base vs pruned", C.lutBreakdown, null],
 ];
 const MAX_LOG = 300;
-
-function describe(e) {
-  const f = (x) => (typeof x === "number" ? Number(x.toPrecision(4)) : x);
-  switch (e.type) {
-    case "phase": return e.state === "start" ? `phase ${e.phase} started`
-      : e.error != null ? `phase ${e.phase} failed after ${f(e.seconds)} s: ${e.error}` : `phase ${e.phase} done in ${f(e.seconds)} s`;
-    case "evaluation": return `evaluation ${e.done}${e.planned ? `/${e.planned}` : ""}: val acc ${pct(e.val_acc)}, `
-      + `${e.latency_ratio != null ? `latency ×${f(e.latency_ratio)} (${e.latency_source}), ` : ""}FLOPs ${count(e.flops)}, `
-      + `${e.meets_budget ? "meets" : "misses"} the budget`;
-    case "budget": return `budget: ${budgetLimit(e)} (${pct(e.target_ratio)} of the base)`;
-    case "progress": return `${e.phase} ${e.done}/${e.total}${e.loss != null ? ` loss ${e.loss}` : ""}`;
-    case "baseline": return `${e.name} baseline: val acc ${pct(e.val_acc)}${e.latency_ratio != null ? `, latency ×${f(e.latency_ratio)}` : ""}, FLOPs ${count(e.flops)}`;
-    case "amc_episode": return `AMC episode ${e.episode}: reward ${f(e.reward)}, val acc ${pct(e.val_acc)}`;
-    case "netadapt_iteration": return `NetAdapt iteration ${e.iteration}: group ${e.group}, val acc ${pct(e.val_acc)}, resource ${pct(e.resource_ratio)}`;
-    case "sensitivity_point": return `sensitivity ${e.group ?? "unpruned"} @ ${pct(e.ratio, 0)}: val acc ${pct(e.val_acc)}`;
-    case "done": return "done: artifacts written";
-    case "failed": return `failed: ${e.error}`;
-    default: {
-      const { eventId, type, ...rest } = e;
-      const text = JSON.stringify(rest);
-      return `${type}${text !== "{}" ? ` ${text.length > 160 ? `${text.slice(0, 160)}…` : text}` : ""}`;
-    }
-  }
-}
 
 const budgetLimit = (b) => (b.metric === "latency_ms" ? `latency ≤ ${ms(b.limit)}`
   : `${b.metric === "flops" ? "FLOPs" : "params"} ≤ ${count(b.limit)}`);
@@ -85,7 +62,7 @@ function downloads(s) {
 
 export function renderDetail(root, jobId) {
   const s = { job: null, budget: null, evals: [], baselines: [], curves: {}, sensBase: null, amc: [], netadapt: [],
-    report: null, plan: null, artifacts: null, log: [], streamEnded: false };
+    report: null, plan: null, artifacts: null, log: [], streamEnded: false, kinds: new Set() };
   const evalById = new Map();
   root.innerHTML = `
     <div class="small"><a href="#/jobs">← Jobs</a></div>
@@ -101,6 +78,9 @@ export function renderDetail(root, jobId) {
     </div>
     <div class="cards" id="d-cards"></div>
     <div class="panel downloads"><h2>Downloads</h2><div id="d-downloads"></div></div>
+    <div class="panel" id="d-excluded" hidden><h2>Layers left unpruned</h2><div class="small muted">The preflight
+      excluded these layers automatically (their pruning fails at every setting); the plan records why.</div>
+      <ul class="small" id="d-excluded-list"></ul></div>
     <div class="charts">${PANELS.map(([key, title]) => `
       <div class="chart-panel" data-panel="${key}" hidden><h2>${title}</h2>
         <div class="chart" id="c-${key}" data-chart="${key}"></div><div class="chart-empty" hidden></div></div>`).join("")}
@@ -114,11 +94,10 @@ export function renderDetail(root, jobId) {
   const complete = () => Boolean(s.job && TERMINAL.has(s.job.status) && s.streamEnded && finalLoaded);
 
   const drawCharts = () => {
-    const strategy = s.job && s.job.spec ? s.job.spec.strategy.name : null;
     const ended = Boolean(s.job && TERMINAL.has(s.job.status));
     for (const [key, , build, only] of PANELS) {
       const panel = root.querySelector(`[data-panel="${key}"]`);
-      panel.hidden = !s.job || (only !== null && only !== strategy);
+      panel.hidden = !s.job || (only !== null && !s.kinds.has(only));
       if (panel.hidden) continue;
       const out = build(s);
       const chart = panel.querySelector(".chart"), empty = panel.querySelector(".chart-empty");
@@ -161,6 +140,10 @@ export function renderDetail(root, jobId) {
     drawHeader();
     $("#d-cards").innerHTML = cards(s);
     $("#d-downloads").innerHTML = downloads(s);
+    const excluded = Object.entries((s.plan && s.plan.excluded) || {});
+    $("#d-excluded").hidden = !excluded.length;
+    $("#d-excluded-list").innerHTML = excluded.map(([layer, why]) =>
+      `<li data-layer="${esc(layer)}"><code>${esc(layer)}</code>: ${esc(why)}</li>`).join("");
     drawCharts();
     root.querySelector(".charts").dataset.complete = String(complete());
   };
@@ -170,7 +153,7 @@ export function renderDetail(root, jobId) {
     const log = $("#d-log");
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
     const div = document.createElement("div");
-    div.innerHTML = `<span class="t">#${esc(e.eventId ?? "")}</span>${esc(describe(e))}`;
+    div.innerHTML = `<span class="t">#${esc(e.eventId ?? "")}</span>${esc(summarize(e))}`;
     log.appendChild(div);
     while (log.childElementCount > MAX_LOG) log.firstChild.remove();
     if (atBottom) log.scrollTop = log.scrollHeight;
@@ -178,6 +161,7 @@ export function renderDetail(root, jobId) {
 
   const onEvent = (e) => {
     appendLog(e);
+    s.kinds.add(e.type);
     switch (e.type) {
       case "budget": s.budget = e; break;
       case "evaluation": // a resumed job may redo an evaluation: the latest record wins

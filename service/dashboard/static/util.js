@@ -88,14 +88,40 @@ export function budgetText(b) {
   return `${metric} ≤ ${b.metric === "latency_ms" ? ms(b.target) : count(b.target)}`;
 }
 
-// The server's vocabulary (strategies, criteria, dimensions, phases, the demo job): fetched once from
-// /api/v1/catalog, never copied here. app.js waits for it before the first view.
+// The server's vocabulary (strategies, criteria, dimensions, phases, event kinds, the demo job): fetched
+// once from /api/v1/catalog, never copied here. app.js waits for it before the first view.
 let catalogPromise = null;
 let phases = [];  // [{name, weight}] in pipeline order
+let eventKinds = {};  // kind -> summary template (agents/events.py)
 export function catalog() {
-  catalogPromise ??= api("/api/v1/catalog").then((cat) => { phases = cat.phases; return cat; })
+  catalogPromise ??= api("/api/v1/catalog").then((cat) => { phases = cat.phases; eventKinds = cat.events; return cat; })
     .catch((err) => { catalogPromise = null; throw err; });
   return catalogPromise;
+}
+
+const FIELD = /\{(\w+)(?::([^}]*))?\}/g;
+function formatField(value, spec) {
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (typeof value !== "number") return typeof value === "string" ? value : JSON.stringify(value);
+  if (spec === "%") return pct(value);
+  if (spec === "n") return count(value);
+  if (spec === "4") return String(Number(value.toPrecision(4)));
+  return String(value);
+}
+
+/** One event as a line of text, from its kind's template in the catalog (see agents/events.py). */
+export function summarize(e) {
+  const template = eventKinds[e.type];
+  if (template == null) {
+    const { eventId, type, ...rest } = e;
+    const text = JSON.stringify(rest);
+    return `${type}${text !== "{}" ? ` ${text.length > 160 ? `${text.slice(0, 160)}…` : text}` : ""}`;
+  }
+  const fill = (part) => part.replace(FIELD, (_, name, spec) => formatField(e[name], spec));
+  // [optional] sections appear only when every field inside them is set
+  return template.replace(/\[([^\]]*)\]/g, (_, part) =>
+    [...part.matchAll(FIELD)].every(([, name]) => e[name] != null) ? fill(part) : "")
+    .replace(FIELD, (_, name, spec) => formatField(e[name], spec));
 }
 
 /** Overall fraction done: whole phases behind, plus the current phase's done/planned. */
