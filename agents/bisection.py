@@ -36,7 +36,7 @@ def global_ranking(space: PruningSpace) -> Knob:
         ratios = {d.name: 0.0 for d in space.dimensions}
         for d in dims:
             removed = int((scores[d.name] <= threshold).sum())
-            ratios[d.name] = min(removed / d.channels, d.max_ratio)
+            ratios[d.name] = min(removed / d.units, d.max_ratio)
         return ratios
 
     return knob

@@ -103,7 +103,7 @@ class HALPAgent(Agent):
 
             def dropped(n: str, k: int) -> float:
                 d = by_name[n]
-                return _interp_drop(self.scan_ratios, self.drops[n], 1 - k / d.channels) ** sharp
+                return _interp_drop(self.scan_ratios, self.drops[n], 1 - k / d.units) ** sharp
             return dropped
         scores = space.importance_scores()
         # single weights: their own scores (magnitude, Wanda, OBD) compare across layers as they are
@@ -113,24 +113,24 @@ class HALPAgent(Agent):
             values = space.unit_importance(kind if kind != "taylor" or space.has_calibration else "magnitude")
         lost: dict[str, list[float]] = {}
         for d in self.widths:  # importance of each unit in the order the criterion removes them
-            order = torch.argsort(scores[d.name], stable=True) if d.name in scores else torch.arange(d.channels)
-            v = values.get(d.name, torch.ones(d.channels))[order].double().clamp_min(1e-12) ** sharp
+            order = torch.argsort(scores[d.name], stable=True) if d.name in scores else torch.arange(d.units)
+            v = values.get(d.name, torch.ones(d.units))[order].double().clamp_min(1e-12) ** sharp
             lost[d.name] = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(v, 0)]).tolist()
-        return lambda n, k: lost[n][by_name[n].channels - k]
+        return lambda n, k: lost[n][by_name[n].units - k]
 
     def _steps(self, d: Dimension) -> list[int]:
         if self.ctx.budget.measured and self.ctx.lut is not None:
-            return self.ctx.lut.steps(d.channels, d.min_kept, d.round_to)
+            return self.ctx.lut.steps(d.units, d.min_kept, d.round_to)
         step = d.round_to
         if d.granularity == "unstructured":
-            step = max(1, -(-d.channels // (SPARSE_STEPS * d.round_to))) * d.round_to
-        return sorted({*range(d.min_kept, d.channels + 1, step), d.channels})
+            step = max(1, -(-d.units // (SPARSE_STEPS * d.round_to))) * d.round_to
+        return sorted({*range(d.min_kept, d.units + 1, step), d.units})
 
     def _walk(self, name: str, loss: Callable[[str, int], float]) -> Path:
         """Greedy knapsack from the base to the smallest plan: least loss per resource saved."""
         steps = {d.name: self._steps(d) for d in self.widths}
         pos = {n: len(s) - 1 for n, s in steps.items()}
-        kept = {d.name: d.channels for d in self.ctx.space.dimensions}
+        kept = {d.name: d.units for d in self.ctx.space.dimensions}
         cost = self._cost_fn()
         now = cost(kept)
         base = now
@@ -205,7 +205,7 @@ class HALPAgent(Agent):
 
     # -- the search over each path -----------------------------------------------------------------
     def _ratios(self, kept: Kept) -> dict[str, float]:
-        return {**self.fixed, **{d.name: 1 - kept[d.name] / d.channels for d in self.widths}}
+        return {**self.fixed, **{d.name: 1 - kept[d.name] / d.units for d in self.widths}}
 
     def _exact_ratio(self, kept: Kept) -> float:
         flops, params = self.ctx.space.cost(self._ratios(kept))

@@ -73,7 +73,7 @@ class NetAdaptAgent(Agent):
         lo, hi, found = 0, len(options) - 1, None
         while lo <= hi:  # resource falls as kept falls: bisect for the largest kept that fits
             mid = (lo + hi) // 2
-            ratios = {**self.current, group: 1 - options[mid] / dim.channels}
+            ratios = {**self.current, group: 1 - options[mid] / dim.units}
             if self.ctx.resource_ratio(ratios) <= target:
                 found, hi = ratios, mid - 1
             else:

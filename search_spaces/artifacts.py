@@ -47,7 +47,7 @@ def space_for(base: nn.Module, plan: Plan) -> PruningSpace:
     sparse = bool(granularities & set(SPARSE))
     nm = (2, 4)
     if "nm" in granularities:
-        m = plan.groups[0].channels
+        m = plan.groups[0].units
         nm = (min((g.kept for g in plan.groups if g.kept < m), default=m // 2), m)
     return PruningSpace(base, plan.model, criterion="magnitude" if sparse else "l1", round_to=plan.round_to,
                         max_ratio=0.999, keep_layers=plan.keep_layers, kinds=kinds, nm=nm,

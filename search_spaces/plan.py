@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PLAN_SCHEMA_VERSION: Literal[2] = 2  # 2: dimensions of every granularity (1 held channel groups only)
+PLAN_SCHEMA_VERSION: Literal[3] = 3  # 3: a group's size is `units`; 2 called it `channels`; 1 held channel groups only
 Granularity = Literal["channel", "head", "block", "unstructured", "nm"]
 
 
@@ -32,16 +32,24 @@ class ModelIdentity(BaseModel):
 class GroupResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="root module path of the coupled channel group, attention module, block or layer")
-    granularity: Granularity = Field("channel", description="the unit counted by channels/kept: channel, head, "
+    granularity: Granularity = Field("channel", description="the unit counted by units/kept: channel, head, "
                                      "block (1 unit: kept or dropped), unstructured (weights), nm (M or N per group)")
     members: list[str] = Field(description="layers whose output channels (or weights) this dimension removes")
     ratio: float = Field(ge=0, le=1, description="requested fraction of units to remove")
-    channels: int = Field(ge=1, description="units before pruning")
+    units: int = Field(ge=1, description="units before pruning (schema 1 and 2: `channels`)")
     kept: int = Field(ge=0, description="units after pruning (0: a dropped block)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_2_name(cls, data: Any) -> Any:
+        """Plans written before schema 3 called a group's size `channels`: they still load."""
+        if isinstance(data, dict) and "channels" in data and "units" not in data:
+            data = {**{k: v for k, v in data.items() if k != "channels"}, "units": data["channels"]}
+        return data
 
     @property
     def effective_ratio(self) -> float:
-        return 1 - self.kept / self.channels
+        return 1 - self.kept / self.units
 
 
 class LayerResult(BaseModel):
@@ -62,7 +70,7 @@ class LayerResult(BaseModel):
 
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[1, 2] = PLAN_SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = PLAN_SCHEMA_VERSION
     fingerprint: str = Field(description="hash of the base model's architecture and weights")
     model: ModelIdentity
     criterion: str

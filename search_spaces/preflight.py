@@ -101,13 +101,13 @@ def _check_searchable(space: PruningSpace, round_to: int, max_ratio: float) -> N
     """Refuse settings that leave no dimension anything to remove."""
     if any(d.max_ratio > 0 for d in space.dimensions):
         return
-    widest = max(space.dimensions, key=lambda d: d.channels)
+    widest = max(space.dimensions, key=lambda d: d.units)
     if round_to > 1:
         raise PreflightError("round_to", f"{round_to} leaves no layer a smaller width (the widest group, "
-                             f"{widest.name!r}, has {widest.channels} units); set a smaller round_to",
+                             f"{widest.name!r}, has {widest.units} units); set a smaller round_to",
                              [widest.name])
     raise PreflightError("max_ratio", f"{max_ratio} removes nothing from any layer (the widest group, "
-                         f"{widest.name!r}, has {widest.channels} units); set a larger max_ratio", [widest.name])
+                         f"{widest.name!r}, has {widest.units} units); set a larger max_ratio", [widest.name])
 
 
 def _layer_of(d: Dimension) -> str:
@@ -131,7 +131,7 @@ def _failures(space: PruningSpace, batch: torch.Tensor, want: tuple[int, ...]) -
         if at_mid is not None or (d.binary and at_max is not None):
             found[_layer_of(d)] = f"the pruned model fails: {at_mid or at_max}"
         elif at_max is not None:
-            raise PreflightError("max_ratio", f"pruning {name!r} to {d.min_kept} of its {d.channels} units (ratio "
+            raise PreflightError("max_ratio", f"pruning {name!r} to {d.min_kept} of its {d.units} units (ratio "
                                  f"{d.max_ratio:.3g}) fails ({at_max}) while ratio {middle[name]:.3g} works; lower "
                                  f"max_ratio or add {_layer_of(d)!r} to keep_layers", [name])
         else:

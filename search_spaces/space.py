@@ -75,10 +75,10 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searchable dimension: the search decides how many of its `channels` units stay."""
+    """One searchable dimension: the search decides how many of its `units` stay."""
 
     name: str
-    channels: int  # units: channels, heads, 1 block, weights of a layer, or M (nm)
+    units: int  # channels, heads, 1 block, weights of a layer, or M (nm)
     min_kept: int
     round_to: int
     members: tuple[str, ...]  # layers whose output channels (or weights) this dimension removes
@@ -96,7 +96,7 @@ class Dimension:
 
     @property
     def max_ratio(self) -> float:
-        return 1 - self.min_kept / self.channels
+        return 1 - self.min_kept / self.units
 
     def is_on(self, ratio: float) -> bool:
         """A binary dimension is switched on (block dropped, layer N:M) from half its maximum ratio."""
@@ -114,10 +114,10 @@ class Dimension:
             raise SpaceError(f"ratio for {self.granularity} dimension {self.name!r} must be in "
                              f"[0, {'1]' if self.binary else '1)'}, got {ratio}")
         if self.binary:
-            return self.min_kept if self.is_on(ratio) else self.channels
-        want = self.channels * (1 - ratio)
+            return self.min_kept if self.is_on(ratio) else self.units
+        want = self.units * (1 - ratio)
         rounded = math.floor(want / self.round_to + 0.5) * self.round_to
-        return max(self.min_kept, min(self.channels, rounded))
+        return max(self.min_kept, min(self.units, rounded))
 
 
 def _layer_kind(m: nn.Module) -> str:
@@ -401,7 +401,7 @@ class PruningSpace:
     def _prune(self, model: nn.Module, kept: Mapping[str, int], by_importance: bool) -> nn.Module:
         names = self._names(model)
         modules = dict(model.named_modules())
-        shrinking = [d for d in self._by_root.values() if kept[d.name] < d.channels]
+        shrinking = [d for d in self._by_root.values() if kept[d.name] < d.units]
         if shrinking:
             scorer = None
             if by_importance:
@@ -412,9 +412,9 @@ class PruningSpace:
             for coupling in couplings:
                 root, group = coupling.root, coupling.group
                 dim = self._by_root.get(names[root])
-                if dim is None or kept[dim.name] >= dim.channels:
+                if dim is None or kept[dim.name] >= dim.units:
                     continue
-                n_prune = dim.channels - kept[dim.name]
+                n_prune = dim.units - kept[dim.name]
                 if dim.granularity == "head":
                     heads = _head_scores(modules, dim) if scorer is not None else None
                     selections.append((dim, root, group[0].dep.handler, _head_channels(dim, heads, n_prune)))
@@ -425,7 +425,7 @@ class PruningSpace:
                     raise LayerError(dim.name, "scoring", exc) from exc
                 if scorer is not None and scores is None:
                     continue
-                idxs = grouped_indices(scores, dim.channels, dim.channel_groups, n_prune)
+                idxs = grouped_indices(scores, dim.units, dim.channel_groups, n_prune)
                 selections.append((dim, root, group[0].dep.handler, idxs))
             # Score every group on the unpruned model first, then prune, as Torch-Pruning's own pruner does.
             for dim, root, handler, idxs in selections:
@@ -448,13 +448,13 @@ class PruningSpace:
 
     def _masks(self, kept: Mapping[str, int]) -> dict[str, torch.Tensor]:
         """Keep-masks of the fine-grained dimensions that remove something."""
-        return {d.name: self._mask(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.channels}
+        return {d.name: self._mask(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.units}
 
     def _mask(self, name: str, kept: int) -> torch.Tensor:
         d, scores = self._by_name[name], self.weight_scores()[name]
         if d.granularity == "nm":
             return sparsity.nm_mask(scores, *self.nm)
-        return sparsity.unstructured_mask(scores, 1 - kept / d.channels,
+        return sparsity.unstructured_mask(scores, 1 - kept / d.units,
                                           per_output=self.weight_criterion == "wanda")
 
     def _zeroed(self, name: str, kept: int) -> int:
@@ -550,7 +550,7 @@ class PruningSpace:
         """(in channels, out channels, weight density) of every conv/linear layer under a plan, None
         for a layer that goes with a dropped block: the channel model that lookup tables and cost
         estimates share."""
-        density = {d.name: kept[d.name] / d.channels for d in self.dimensions if d.granularity in SPARSE}
+        density = {d.name: kept[d.name] / d.units for d in self.dimensions if d.granularity in SPARSE}
         gone = {layer for d in self.dimensions if d.granularity == "block" and kept[d.name] == 0 for layer in d.covers}
         shapes: dict[str, tuple[int, int, float] | None] = {}
         for info in self.layers:
@@ -583,7 +583,7 @@ class PruningSpace:
             fingerprint=self.fingerprint, model=self.identity, criterion=self.criterion, round_to=self.round_to,
             keep_layers=list(self.keep_layers), excluded=dict(self.excluded),
             groups=[GroupResult(name=d.name, granularity=d.granularity, members=list(d.members or d.covers),
-                                ratio=d.snap(float(ratios.get(d.name, 0.0))), channels=d.channels, kept=kept[d.name])
+                                ratio=d.snap(float(ratios.get(d.name, 0.0))), units=d.units, kept=kept[d.name])
                     for d in self.dimensions],
             layers=[LayerResult(name=b.name, kind=b.kind, in_before=b.in_channels,
                                 in_after=after[b.name].in_channels if b.name in after else 0,
@@ -597,7 +597,7 @@ class PruningSpace:
         """(MACs, params) of the model `ratios` would give; params count non-zeros in a sparse space."""
         kept = self.kept_for(ratios)
         if self.sparse:  # shapes stay; each dimension's mask zeroes some of its layer's weights
-            zeroed = sum(self._zeroed(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.channels)
+            zeroed = sum(self._zeroed(d.name, kept[d.name]) for d in self.dimensions if kept[d.name] < d.units)
             return self.flops, self.params - zeroed
         return count_cost(self.structure(ratios), self.example)
 
@@ -635,7 +635,7 @@ def _head_scores(modules: Mapping[str, nn.Module], dim: Dimension) -> torch.Tens
     in proj, normalised by the mean over heads like Torch-Pruning's group scores. Heads are ranked
     by magnitude whatever the job's criterion: Torch-Pruning's group importance cannot follow the
     qkv reshape to proj without its own pruner's head bookkeeping (it indexes past proj's inputs)."""
-    heads, head_dim = dim.channels, dim.unit_out // 3
+    heads, head_dim = dim.units, dim.unit_out // 3
     qkv, proj = modules[dim.members[0]], modules[dim.consumers[0]]
     assert isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)
     rows = qkv.weight.detach().abs().view(3, heads, head_dim, -1).mean(dim=(0, 2, 3))
@@ -647,7 +647,7 @@ def _head_scores(modules: Mapping[str, nn.Module], dim: Dimension) -> torch.Tens
 def _head_channels(dim: Dimension, per_head: torch.Tensor | None, n_prune: int) -> list[int]:
     """qkv output channels of the `n_prune` least important heads, in all three of q, k and v
     (laid out as (3, heads, head_dim)); without scores, the last heads."""
-    heads, head_dim = dim.channels, dim.unit_out // 3
+    heads, head_dim = dim.units, dim.unit_out // 3
     if per_head is None:
         drop = list(range(heads - n_prune, heads))
     else:

@@ -4,7 +4,7 @@ A job's `device` is matched against this at submission, so a job asking for hard
 fails with a 400 instead of waiting forever for an actor Ray cannot place. On a cluster the facts
 come from one tiny Ray task per alive node (hard node affinity, zero CPUs, so it runs even on a
 busy node); with no Ray address configured the server describes its own machine with the same
-`probe()` body and never starts Ray just to answer. Cluster answers are cached for `TTL_S`.
+`node_facts()` body and never starts Ray just to answer. Cluster answers are cached for `TTL_S`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _lock = threading.Lock()
 _BUILTIN = ("CPU", "GPU", "memory", "object_store_memory", "accelerator_type:")
 
 
-def probe() -> dict[str, Any]:
+def node_facts() -> dict[str, Any]:
     """This process's machine: the part of the inventory a node reports about itself."""
     import torch
 
@@ -50,7 +50,7 @@ def probe() -> dict[str, Any]:
 
 def local_inventory() -> list[dict[str, Any]]:
     """The embedded default: this machine only, no Ray."""
-    return [{"node_id": None, "ip": "127.0.0.1", "resources": {}, "source": "local", **probe()}]
+    return [{"node_id": None, "ip": "127.0.0.1", "resources": {}, "source": "local", **node_facts()}]
 
 
 def _custom(resources: dict[str, float]) -> dict[str, float]:
@@ -63,7 +63,7 @@ def cluster_inventory(timeout_s: float = 30.0) -> list[dict[str, Any]]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    remote_probe = ray.remote(num_cpus=0, max_retries=1)(probe)
+    remote_probe = ray.remote(num_cpus=0, max_retries=1)(node_facts)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [remote_probe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote() for n in nodes]

@@ -101,6 +101,7 @@ class EventBars:
         self.budget: dict[str, Any] | None = None
         self.best_met: float | None = None
         self.met = 0
+        self.table_only = 0  # evaluations the lookup table ruled out: costed, never scored or timed
         self.log = structlog.get_logger()
 
     def _bar(self, phase: str, total: int) -> EventBar:
@@ -113,7 +114,10 @@ class EventBars:
         return bar
 
     def postfix(self, event: dict[str, Any]) -> dict[str, str]:
-        """`best` and `met` for the search bar, updated from one evaluation event."""
+        """`best` and `met` for the search bar, updated from one evaluation event, and how many of the
+        evaluations so far the lookup table ruled out (they count towards the bar but cost no scoring)."""
+        if (event.get("tag") or {}).get("prefiltered"):
+            self.table_only += 1
         if event.get("meets_budget"):
             self.met += 1
             ratio = resource_ratio(event, self.budget)
@@ -126,7 +130,7 @@ class EventBars:
             best = f"{self.budget['metric'] if self.budget else 'cost'} x{self.best_met:.3f}"
         else:
             best = "none within budget yet"
-        return {"best": best, "met": str(self.met)}
+        return {"best": best, "met": str(self.met), **({"table_only": str(self.table_only)} if self.table_only else {})}
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

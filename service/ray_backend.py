@@ -74,7 +74,7 @@ def request_cancel() -> None:
     _CANCEL.set()
 
 
-def probe(address: str, timeout: float = 3.0) -> None:
+def check_reachable(address: str, timeout: float = 3.0) -> None:
     """Fail fast on a dead host:port; `ray.init` would otherwise retry for minutes."""
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
@@ -90,7 +90,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str
     """Join the cluster at `address` ("auto", "host:port", "ray://…"), or start an embedded one."""
     if not ray.is_initialized():
         if address:
-            probe(address)
+            check_reachable(address)
         try:
             if address:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)

@@ -16,7 +16,7 @@ from agents.strategies import BisectionStrategy, StrategySpec, Strict
 from search_spaces.kinds import ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
 
 Criterion = Literal[ChannelCriterion, WeightCriterion]
-Runtime = Literal["eager", "torchscript", "onnxruntime"]
+RuntimeName = Literal["eager", "torchscript", "onnxruntime"]
 DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "digits_demo.yaml"  # `make demo`, the form's defaults
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_SAMPLES = 100_000_000
@@ -53,7 +53,7 @@ class DeviceSpec(Strict):
     name: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", examples=["cpu", "cuda:0"])
     threads: int = Field(1, ge=1, le=256)
     batch_size: int = Field(32, ge=1, le=4096)
-    runtime: Runtime = "eager"
+    runtime: RuntimeName = "eager"
     cores: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(
         None, max_length=4096, description="CPU cores to pin while timing; default: the first `threads`")
     node: str | None = Field(None, min_length=1, max_length=200, examples=["192.168.1.20", "jetson"],

@@ -36,7 +36,7 @@ class FakeLUT:
 
     def __init__(self, space: PruningSpace) -> None:
         self.weights = {d.name: float(i + 1) for i, d in enumerate(space.dimensions)}
-        self.unpruned = {d.name: d.channels for d in space.dimensions}
+        self.unpruned = {d.name: d.units for d in space.dimensions}
 
     def predict(self, kept: Mapping[str, int]) -> float:
         return 5.0 + sum(self.weights[n] * k for n, k in kept.items())
@@ -125,7 +125,7 @@ def test_exact_check_repairs_an_optimistic_estimate(space: PruningSpace) -> None
 
 def test_latency_budget_keeps_a_margin_and_asks_for_lut(space: PruningSpace) -> None:
     lut = FakeLUT(space)
-    base = lut.predict({d.name: d.channels for d in space.dimensions})
+    base = lut.predict({d.name: d.units for d in space.dimensions})
     ctx = SearchContext(space, Budget("latency_ms", 0.5 * base, base), seed=0, lut=lut)  # type: ignore[arg-type]
     agent = AMCAgent(ctx, episodes=3, warmup_episodes=2)
     episodes: list[Candidate] = []

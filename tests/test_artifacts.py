@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from search_spaces.artifacts import export_onnx, load_pruned, save_pruned
-from search_spaces.plan import Plan, PlanMismatchError
+from search_spaces.plan import PLAN_SCHEMA_VERSION, Plan, PlanMismatchError
 from search_spaces.weights import WeightsError, read_state_dict
 from tests.conftest import make_space
 
@@ -34,11 +34,28 @@ def test_plan_json_records_groups_layers_and_cost(tmp_path: Path) -> None:
     plan = space.plan(space.uniform(0.5))
     save_pruned(tmp_path, space.apply(space.uniform(0.5)), plan)
     data = json.loads((tmp_path / "plan.json").read_text())
-    assert data["schema_version"] == 2 and data["fingerprint"] == space.fingerprint
+    assert data["schema_version"] == PLAN_SCHEMA_VERSION == 3 and data["fingerprint"] == space.fingerprint
     assert {g["name"] for g in data["groups"]} == {d.name for d in space.dimensions}
     assert all(0 <= layer["sparsity"] < 1 for layer in data["layers"])
     assert data["flops_after"] < data["flops_before"]
     assert {g["effective_ratio"] for g in data["groups"]} == {0.5}
+
+
+def test_a_schema_2_plan_with_channels_still_loads_and_rebuilds(tmp_path: Path) -> None:
+    """Schema 3 renamed a group's `channels` to `units`; plans written before still rebuild the same model."""
+    space = make_space("resnet20")
+    pruned = space.apply(space.uniform(0.5))
+    save_pruned(tmp_path, pruned, space.plan(space.uniform(0.5)))
+    data = json.loads((tmp_path / "plan.json").read_text())
+    data["schema_version"] = 2
+    for group in data["groups"]:
+        group["channels"] = group.pop("units")
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    loaded, plan = load_pruned(tmp_path)
+    assert [g.units for g in plan.groups] == [d.units for d in space.dimensions]
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
 
 
 def test_onnx_matches_pytorch(tmp_path: Path) -> None:
@@ -97,7 +114,7 @@ def test_weights_that_do_not_fit_the_plan_are_refused(tmp_path: Path) -> None:
     space = make_space("resnet20")
     save_pruned(tmp_path, space.apply(space.uniform(0.5)), space.plan(space.uniform(0.5)))
     plan = Plan.read(tmp_path / "plan.json")
-    edited = plan.model_copy(update={"groups": [g.model_copy(update={"kept": g.channels}) for g in plan.groups]})
+    edited = plan.model_copy(update={"groups": [g.model_copy(update={"kept": g.units}) for g in plan.groups]})
     (tmp_path / "plan.json").write_text(edited.to_json())
     with pytest.raises(WeightsError, match="shape mismatch"):
         load_pruned(tmp_path)

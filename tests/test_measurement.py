@@ -123,7 +123,7 @@ def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     table = LatencyTable(space, meter, tmp_path, repeats=3)
     timed = table.build()
     assert timed > 0
-    full = {d.name: d.channels for d in space.dimensions}
+    full = {d.name: d.units for d in space.dimensions}
     table.calibrate(5.0)
     assert table.predict(full) == pytest.approx(5.0)
     half = space.kept_for(space.uniform(0.5))

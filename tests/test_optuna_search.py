@@ -30,7 +30,7 @@ class ChannelTable:
     """A stand-in lookup table: latency proportional to the kept channels."""
 
     def __init__(self, space: PruningSpace) -> None:
-        self.unpruned = {d.name: d.channels for d in space.dimensions}
+        self.unpruned = {d.name: d.units for d in space.dimensions}
 
     def predict(self, kept: Mapping[str, int]) -> float:
         return float(sum(kept.values()))

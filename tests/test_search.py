@@ -38,7 +38,7 @@ def test_global_ranking_prunes_unimportant_groups_more() -> None:
     space = make_space("small_cnn", 8)
     scores = space.importance_scores()
     ratios = global_ranking(space)(0.4)
-    removed = sum(round(r * d.channels) for d, r in zip(space.dimensions, ratios.values(), strict=True))
+    removed = sum(round(r * d.units) for d, r in zip(space.dimensions, ratios.values(), strict=True))
     assert removed == pytest.approx(0.4 * sum(len(s) for s in scores.values()), abs=2)
     assert ratios != space.uniform(0.4)
 

@@ -61,8 +61,8 @@ def test_ratios_and_round_to_are_respected(round_to: int) -> None:
     plan = space.plan(ratios)
     for group in plan.groups:
         dim = space.dimension(group.name)
-        assert group.kept % round_to == 0 or group.kept == dim.channels
-        assert abs(group.kept - dim.channels * (1 - ratios[group.name])) <= round_to / 2 + 1e-9
+        assert group.kept % round_to == 0 or group.kept == dim.units
+        assert abs(group.kept - dim.units * (1 - ratios[group.name])) <= round_to / 2 + 1e-9
     layers = {layer.name: layer for layer in plan.layers}
     for group in plan.groups:
         for member in group.members:
@@ -73,7 +73,7 @@ def test_max_ratio_bounds_every_group() -> None:
     space = make_space("resnet20", max_ratio=0.5)
     kept = space.kept_for({d.name: 0.95 for d in space.dimensions})
     for dim in space.dimensions:
-        assert kept[dim.name] >= dim.channels / 2
+        assert kept[dim.name] >= dim.units / 2
 
 
 def test_keep_layers_are_not_pruned() -> None:

@@ -113,7 +113,7 @@ def test_resnet20_has_one_binary_block_dimension_per_identity_block(depth_space:
     blocks = [d for d in depth_space.dimensions if d.granularity == "block"]
     assert tuple(d.name for d in blocks) == RESNET20_BLOCKS
     for d in blocks:
-        assert (d.channels, d.min_kept, d.max_ratio, d.binary) == (1, 0, 1.0, True)
+        assert (d.units, d.min_kept, d.max_ratio, d.binary) == (1, 0, 1.0, True)
         assert d.covers == (f"{d.name}.conv1", f"{d.name}.conv2")
     channel_only = resnet20_28()
     assert [d.name for d in depth_space.dimensions if d.granularity == "channel"] == \
@@ -139,7 +139,7 @@ def test_plan_records_dropped_blocks_as_kept_zero(depth_space: PruningSpace) -> 
     plan = depth_space.plan(ratios, pruned)
     groups = {g.name: g for g in plan.groups}
     for b in RESNET20_BLOCKS:
-        assert groups[b].granularity == "block" and groups[b].channels == 1
+        assert groups[b].granularity == "block" and groups[b].units == 1
         assert groups[b].kept == (0 if b in DROPPED else 1)
     assert groups["layer1.1"].members == ["layer1.1.conv1", "layer1.1.conv2"]
     assert groups["layer1.1"].effective_ratio == 1.0
@@ -170,7 +170,7 @@ def test_depth_plan_round_trips_through_artifacts(depth_space: PruningSpace, tmp
     assert set(sizes) == {WEIGHTS_FILE}  # structured plans store no sparse file
     assert not (tmp_path / SPARSE_WEIGHTS_FILE).exists()
     loaded, loaded_plan = load_pruned(tmp_path)
-    assert loaded_plan == plan and loaded_plan.schema_version == 2
+    assert loaded_plan == plan and loaded_plan.schema_version == 3
     assert all(isinstance(loaded.get_submodule(b), nn.Identity) for b in DROPPED)
     assert same_outputs(loaded, pruned, torch.randn(3, 1, 28, 28))
 
@@ -206,7 +206,7 @@ def test_unstructured_dimensions_are_every_layer_but_the_classifier() -> None:
     assert tuple(d.name for d in space.dimensions) == SMALL_CNN_LAYERS
     for d in space.dimensions:
         assert d.granularity == "unstructured" and not d.binary
-        assert d.channels == layer(space.base, d.name).weight.numel() and d.members == (d.name,)
+        assert d.units == layer(space.base, d.name).weight.numel() and d.members == (d.name,)
     assert space.params == sparsity.nonzero_parameters(space.base)
     assert space.flops == count_cost(space.base, space.example)[0]
 
@@ -217,9 +217,9 @@ def test_unstructured_uniform_zeroes_the_kept_count_of_every_layer(criterion: st
     ratios = space.uniform(0.7)
     pruned = space.apply(ratios)
     for d in space.dimensions:
-        assert zeros(pruned, d.name) == d.channels - d.kept(ratios[d.name]), d.name
+        assert zeros(pruned, d.name) == d.units - d.kept(ratios[d.name]), d.name
         # wanda keeps whole rows' worth (round_to = rows), so it is off by at most half a weight per row
-        assert zeros(pruned, d.name) == pytest.approx(0.7 * d.channels, abs=max(1, d.round_to / 2)), d.name
+        assert zeros(pruned, d.name) == pytest.approx(0.7 * d.units, abs=max(1, d.round_to / 2)), d.name
     assert zeros(pruned, "fc") == 0  # the classifier is not a dimension
 
 
@@ -286,7 +286,7 @@ def test_nm_dimensions_are_the_eligible_layers() -> None:
     eligible = [info.name for info in space.layers if info.name not in ("conv1", "fc")]
     assert [d.name for d in space.dimensions] == eligible
     for d in space.dimensions:
-        assert (d.granularity, d.channels, d.min_kept, d.max_ratio, d.binary) == ("nm", 4, 2, 0.5, True)
+        assert (d.granularity, d.units, d.min_kept, d.max_ratio, d.binary) == ("nm", 4, 2, 0.5, True)
 
 
 def test_nm_uniform_half_makes_every_dimension_two_of_four() -> None:
@@ -326,7 +326,7 @@ def test_vit_attention_modules_are_head_dimensions() -> None:
     heads = [d for d in space.dimensions if d.granularity == "head"]
     assert [d.name for d in heads] == [f"blocks.{i}.attn" for i in range(6)]
     for i, d in enumerate(heads):
-        assert (d.channels, d.unit_out, d.unit_in) == (4, 3 * 16, 16)
+        assert (d.units, d.unit_out, d.unit_in) == (4, 3 * 16, 16)
         assert d.members == (f"blocks.{i}.attn.qkv",) and d.consumers == (f"blocks.{i}.attn.proj",)
 
 
@@ -551,6 +551,6 @@ def test_nm_job_reports_the_pattern_and_that_it_is_not_accelerated(tmp_path: Pat
     assert report["dimensions"]["kinds"] == ["nm"] and report["dimensions"]["nm"] == "2:4"
     assert report["dimensions"]["accelerated"] is False
     loaded, plan = load_pruned(tmp_path)
-    on = [g.name for g in plan.groups if g.kept < g.channels]
+    on = [g.name for g in plan.groups if g.kept < g.units]
     assert on and all(sparsity.is_nm_sparse(layer(loaded, n).weight, 2, 4) for n in on)
     assert sparsity.nonzero_parameters(loaded) <= 0.6 * report["base"]["params"]

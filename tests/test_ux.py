@@ -114,6 +114,10 @@ def test_search_bar_shows_the_best_met_plan_and_sane_rates(capsys: pytest.Captur
     bar = bars.bars["search"]
     bar.refresh()
     assert bar.postfix is not None and "best=flops x0.600" in bar.postfix and "None" not in bar.postfix
+    assert "table_only" not in bar.postfix  # nothing was ruled out by a lookup table
+    bars({**bisection_events()[0], "done": 7, "planned": 8, "meets_budget": False, "tag": {"prefiltered": True}})
+    bar.refresh()
+    assert "table_only=1" in (bar.postfix or "")  # Optuna's pre-filtered trials: counted, and said to be
     err = capsys.readouterr().err
     rates = [float(r.replace(",", "")) for r in re.findall(r"([\d.,]+)it/s", err)]
     assert all(r < 1000 for r in rates), err  # the batch arrived at once: no "1,103,764 it/s"

@@ -26,12 +26,12 @@ ARTIFACT: dict[str, Any] = {"name": "plan.json", "content_type": "application/js
                             "url": f"{_BASE}/artifacts/plan.json"}
 
 PLAN: dict[str, Any] = {
-    "schema_version": 2, "fingerprint": "bbc9e461776c21d8",
+    "schema_version": 3, "fingerprint": "bbc9e461776c21d8",
     "model": {"arch": "small_cnn", "num_classes": 10, "in_channels": 1, "input_size": 8},
     "criterion": "l1", "round_to": 1, "flops_before": 918154, "flops_after": 441154,
     "params_before": 28842, "params_after": 13892,
     "groups": [{"name": "conv2.0", "granularity": "channel", "members": ["conv2.0", "stem.0"],
-                "ratio": 0.306, "channels": 32, "kept": 22, "effective_ratio": 0.3125}],
+                "ratio": 0.306, "units": 32, "kept": 22, "effective_ratio": 0.3125}],
     "layers": [{"name": "stem.0", "kind": "conv", "in_before": 1, "in_after": 1, "out_before": 32, "out_after": 22,
                 "params_before": 288, "params_after": 198, "sparsity": 0.3125}],
 }

@@ -102,10 +102,10 @@ async def healthz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
 
 def _ray_reachable(address: str) -> bool:
     from service.config import RayUnavailableError
-    from service.ray_backend import probe
+    from service.ray_backend import check_reachable
 
     try:
-        probe(address, timeout=2.0)
+        check_reachable(address, timeout=2.0)
     except RayUnavailableError:
         return False
     return True

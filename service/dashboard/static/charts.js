@@ -129,7 +129,7 @@ export function groupRatios(s) {
   const unit = (g) => UNITS[g.granularity ?? "channel"] ?? "units";
   return {
     traces: [{ type: "bar", name: "removed", x: G.map((g) => g.name), y: G.map((g) => 100 * (g.effective_ratio ?? g.ratio)),
-      text: G.map((g) => `${g.kept}/${g.channels} ${unit(g)} kept`), marker: { color: COLORS.pruned },
+      text: G.map((g) => `${g.kept}/${g.units} ${unit(g)} kept`), marker: { color: COLORS.pruned },
       hovertemplate: "%{x}: %{y:.1f}% removed (%{text})<extra></extra>" }],
     layout: { xaxis: { title: { text: "dimension (channel group, heads, block or layer)" }, tickangle: -30 },
       yaxis: { title: { text: "removed (%)" }, range: [0, 100] }, showlegend: false },
