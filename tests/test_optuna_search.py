@@ -105,6 +105,8 @@ def test_uniform_plan_is_trial_zero_and_meets_budget(space: PruningSpace, tmp_pa
     assert space.cost(space.uniform(agent.uniform_ratio - 0.1))[0] > ctx.budget.limit
     trial0 = agent.study.trials[0]
     assert trial0.params == space.uniform(agent.uniform_ratio) and trial0.user_attrs["plan"] == "uniform"
+    assert trial0.user_attrs["resource_ratio"] == first.flops / space.flops  # trial 0 carries it as every trial does
+    assert trial0.constraints["budget"] <= 0  # the constraint optuna-dashboard shows, stored and feasible
     assert [e["number"] for e in events if e["type"] == "trial"] == [0, 1, 2]
 
 
