@@ -45,7 +45,7 @@ class SpecRefused(Exception):
 
     def moved(self, relocate: Callable[[tuple[str | int, ...]], tuple[str | int, ...]]) -> SpecRefused:
         """The same problems under other field paths (a schedule's job template lives under `job`)."""
-        return SpecRefused(self.kind, [(relocate(loc), msg) for loc, msg in self.problems])
+        return SpecRefused(self.kind, [(relocate(loc) if loc else loc, msg) for loc, msg in self.problems])
 
 
 def unsatisfiable(loc: str, msg: str) -> SpecRefused:
