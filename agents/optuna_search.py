@@ -130,10 +130,9 @@ class OptunaAgent(Agent):
         self.warm_start = self._enqueue_warm_start(warm_start) if warm_start else None
         self._asked = 0
         self._pending: dict[int, Trial] = {}  # candidate id -> its asked, not yet told trial
-        self._results: list[TrialResult] = []
+        self._results: dict[int, TrialResult] = {}  # candidate id -> the result its plan's first trial was told
         self._plans: dict[tuple[tuple[str, int], ...], int] = {}  # plan -> candidate id of its first trial
         self._waiting: dict[int, list[Trial]] = {}  # candidate id -> repeats of its plan, told when it is
-        self._told: dict[int, Evaluation] = {}  # candidate id -> its observed evaluation
         self.repeats = 0
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -224,8 +223,8 @@ class OptunaAgent(Agent):
         """`trial` names the plan of candidate `first`: tell it that result now, or once it is observed."""
         self.repeats += 1
         trial.set_user_attr("repeat_of_candidate", first)
-        if first in self._told:
-            self._tell(trial, self._told[first], repeat=True)
+        if first in self._results:
+            self._tell(trial, self._results[first].evaluation, repeat=True)
         else:
             self._waiting.setdefault(first, []).append(trial)
 
@@ -235,7 +234,6 @@ class OptunaAgent(Agent):
             if trial is None:
                 raise ValueError(f"candidate {e.candidate.id} was not suggested by this agent or was already observed")
             self._tell(trial, e)
-            self._told[e.candidate.id] = e
             for repeat in self._waiting.pop(e.candidate.id, []):
                 self._tell(repeat, e, repeat=True)
 
@@ -272,7 +270,7 @@ class OptunaAgent(Agent):
             self.study.tell(trial, [e.val_acc] if self.sampler_name == "tpe" else [e.val_acc, resource])
         if repeat:
             return
-        self._results.append(TrialResult(trial.number, e, resource, feasible, prefiltered))
+        self._results[e.candidate.id] = TrialResult(trial.number, e, resource, feasible, prefiltered)
         self.ctx.emit({"type": "trial", "number": trial.number, "val_acc": e.val_acc, "resource_ratio": resource,
                        "feasible": feasible, "prefiltered": prefiltered})
 
@@ -288,9 +286,7 @@ class OptunaAgent(Agent):
             if not front:
                 return None
             trial = max(front, key=lambda t: (t.values[0], -t.values[1], -t.number))
-        first = trial.user_attrs.get("repeat_of_candidate")  # a repeat stands for its plan's first trial
-        return next((r for r in self._results if r.number == trial.number or r.evaluation.candidate.id == first),
-                    None)
+        return self._results.get(trial.user_attrs["candidate_id"])  # a repeat carries its plan's first candidate
 
     def best(self) -> Evaluation | None:
         best = self._best_trial()
@@ -311,7 +307,7 @@ class OptunaAgent(Agent):
             "repeats": self.repeats,
             "uniform_ratio": self.uniform_ratio,
             "warm_start": self.warm_start,
-            "prefiltered": sum(r.prefiltered for r in self._results),
+            "prefiltered": sum(r.prefiltered for r in self._results.values()),
             "storage": self.storage, "study": self.study.study_name,
         }
         if self.sampler_name == "nsga2":

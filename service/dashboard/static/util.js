@@ -117,11 +117,10 @@ export function summarize(e) {
     const text = JSON.stringify(rest);
     return `${type}${text !== "{}" ? ` ${text.length > 160 ? `${text.slice(0, 160)}…` : text}` : ""}`;
   }
-  const fill = (part) => part.replace(FIELD, (_, name, spec) => formatField(e[name], spec));
-  // [optional] sections appear only when every field inside them is set
-  return template.replace(/\[([^\]]*)\]/g, (_, part) =>
-    [...part.matchAll(FIELD)].every(([, name]) => e[name] != null) ? fill(part) : "")
-    .replace(FIELD, (_, name, spec) => formatField(e[name], spec));
+  // [optional] sections stay only when every field inside them is set; then every field is filled once
+  const kept = template.replace(/\[([^\]]*)\]/g, (_, part) =>
+    [...part.matchAll(FIELD)].every(([, name]) => e[name] != null) ? part : "");
+  return kept.replace(FIELD, (_, name, spec) => formatField(e[name], spec));
 }
 
 /** Overall fraction done: whole phases behind, plus the current phase's done/planned. */
