@@ -149,6 +149,9 @@ class HALPStrategy(StrategyParams):
     scan_ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75, 0.9], min_length=1, max_length=20,
         description="ratios each group is scanned at for the sensitivity variant")
+    max_scan: int = Field(60, ge=1, le=10_000,
+                          description="most scan evaluations: a network with more groups x scan ratios is scanned at "
+                                      "fewer ratios (evenly spread, the largest kept), so wide nets scan cheaply")
     confirm_steps: int = Field(5, ge=1, le=30, description="device timings per variant to land it on the budget")
     short_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring a variant's plan")
 

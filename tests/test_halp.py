@@ -29,6 +29,19 @@ def test_variants_parse_and_bad_ones_name_the_field() -> None:
         parse_spec(job_dict(strategy={"name": "halp", "variants": ["taylor", "warp^2"]}))
 
 
+def test_a_wide_network_is_scanned_at_fewer_ratios_within_max_scan() -> None:
+    space = make_space("small_cnn", 8, round_to=2)
+    budget = Budget("flops", 0.5 * space.flops, float(space.flops))
+    groups = sum(d.granularity == "channel" for d in space.dimensions)
+    ratios = [0.25, 0.5, 0.75, 0.9]
+    full = HALPAgent(SearchContext(space, budget, 0), variants=["sensitivity"], scan_ratios=ratios)
+    capped = HALPAgent(SearchContext(space, budget, 0), variants=["sensitivity"], scan_ratios=ratios,
+                       max_scan=2 * groups + 1)
+    assert full.scan_ratios == ratios and capped.scan_ratios == [0.5, 0.9]  # spread out, the largest kept
+    scan = capped.suggest()
+    assert len(scan) == 1 + 2 * groups and {c.tag["ratio"] for c in scan[1:]} == {0.5, 0.9}
+
+
 def test_walk_shrinks_monotonically_to_the_smallest_plan_and_lands_on_the_budget() -> None:
     space = make_space("small_cnn", 8, round_to=2)
     budget = Budget("flops", 0.5 * space.flops, float(space.flops))
