@@ -44,13 +44,14 @@ import torch  # noqa: E402
 from agents.base import Candidate  # noqa: E402
 from agents.budget import Budget  # noqa: E402
 from bench.results_io import environment, markdown_table, write  # noqa: E402
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator  # noqa: E402
 from measurement.latency import MeterSettings, RatioStats  # noqa: E402
 from search_spaces.datasets import DataSplits, load_dataset  # noqa: E402
 from search_spaces.plan import ModelIdentity  # noqa: E402
 from search_spaces.space import PruningSpace  # noqa: E402
 from search_spaces.zoo import build_model  # noqa: E402
-from service.ray_backend import LATENCY_RESOURCE, RayEvaluator, Span, connect  # noqa: E402
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator  # noqa: E402
+from service.execution.ray_backend import RayEvaluator, Span  # noqa: E402
+from service.execution.ray_cluster import LATENCY_RESOURCE, connect  # noqa: E402
 from tests.live_server import free_port  # noqa: E402
 
 

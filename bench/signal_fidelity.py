@@ -33,7 +33,6 @@ from agents.budget import Budget
 from agents.halp import HALPAgent
 from bench.results_io import RESULTS, environment, markdown_table, write
 from measurement.accuracy import accuracy
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator, restore_accuracy
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
 from measurement.training import Distillation, fit
@@ -43,6 +42,7 @@ from search_spaces.space import PruningSpace
 from search_spaces.weights import load_into, read_state_dict
 from search_spaces.zoo import build_model
 from service.config import Settings
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator, restore_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints/resnet20_fashion-mnist/model.safetensors"

@@ -79,7 +79,7 @@ def inventory(settings: Settings, fresh: bool = False) -> list[dict[str, Any]]:
     Raises RayUnavailableError when an address is configured and Ray cannot be reached."""
     if not settings.ray_address:
         return local_inventory()
-    from service.ray_backend import connect
+    from service.execution.ray_cluster import connect
 
     with _lock:
         hit = _cache.get(settings.ray_address)

@@ -1,7 +1,9 @@
-"""Run one job in-process: data, base model, pruning space, search, final model, artifacts.
+"""Run one job: prepare (data, base model, space, budget, lookup table), search (the strategy, then the
+baselines and contenders), finalize (fresh-process re-time, final fine-tune), report (artifacts and
+report.json). Where timings and evaluations run is the execution backend's business (`service.execution`).
 
 Every phase is timed and announced as an event; the CLI turns events into progress bars, the
-server (later) persists and streams them. Test data is touched only after the plan is chosen.
+worker persists them for the dashboard. Test data is touched only after the plan is chosen.
 """
 
 from __future__ import annotations
@@ -22,27 +24,29 @@ import torch
 from torch import nn
 
 from agents import selection
-from agents.base import Emit, Evaluation, ResumeMismatchError, SearchContext
+from agents.base import Agent, Emit, Evaluation, ResumeMismatchError, SearchContext
 from agents.bisection import BisectionAgent
 from agents.budget import Budget, BudgetUnreachableError
-from agents.driver import Checkpoint, EvaluateFn, run_search
+from agents.driver import Checkpoint, EvaluateFn, SearchOutcome, run_search
 from agents.registry import make_agent
 from measurement.accuracy import accuracy, recalibrate_batchnorm
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import LatencyMeter, LatencyStats, MeterSettings, RatioStats
 from measurement.lut import LatencyTable
 from measurement.retime import retime_files
 from measurement.training import Distillation, fit
 from search_spaces.artifacts import ONNX_FILE, PLAN_FILE, WEIGHTS_FILE, export_onnx, save_pruned
 from search_spaces.datasets import DataSplits, load_dataset
-from search_spaces.plan import ModelIdentity, Plan
+from search_spaces.plan import Plan
 from search_spaces.preflight import checked_space
 from search_spaces.space import PruningSpace
 from search_spaces.sparsity import make_permanent
 from search_spaces.weights import load_into, read_state_dict
 from search_spaces.zoo import build_model
 from service.config import Settings
-from service.preflight import space_settings, unreachable
+from service.execution import Execution, open_execution
+from service.execution.base import StopFn
+from service.execution.evaluation import AccuracyRecipe
+from service.preflight import identity_of, space_settings, unreachable
 from service.spec import JobSpec, SpecError, TrainWeights
 
 log = structlog.get_logger()
@@ -156,20 +160,9 @@ def build_lut(space: PruningSpace, meter: LatencyMeter, base_ms: float, cache_di
     return table
 
 
-TimeFn = Callable[..., tuple[Any, str]]  # (fn(meter, *args), *args) -> (result, where it ran)
-
-
-def timing_place(spec: JobSpec, settings: Settings, meter: LatencyMeter) -> TimeFn:
-    """Where a job's absolute timings (base, lookup table, final re-measure) run: where its candidates
-    are timed. On Ray that is a worker on the latency node, never this process: a job's driver has
-    trained and scored, and the same plan measured up to 10% slower here than in a process that only
-    times (0.522 vs 0.474), which made returned plans miss budgets the search had seen them meet."""
-    if spec.execution.backend != "ray":
-        return lambda fn, *args: (fn(meter, *args), "local")
-    from service.ray_backend import connect, time_on_device
-
-    connect(settings.ray_address)
-    return lambda fn, *args: time_on_device(fn, meter.settings, spec.device.node, *args)
+def lookup_table(meter: LatencyMeter, space: PruningSpace, base_ms: float, cache_dir: Path) -> LatencyTable:
+    """`build_lut` where no event sink can follow (a Ray worker)."""
+    return build_lut(space, meter, base_ms, cache_dir, lambda event: None)
 
 
 MAX_BASE_CV = 0.10  # a base timing noisier than this is taken again before it sets the budget
@@ -182,22 +175,6 @@ def measure_base(meter: LatencyMeter, model: nn.Module, example: torch.Tensor, r
     while tries[-1].cv > MAX_BASE_CV and len(tries) < BASE_TRIES:
         tries.append(meter.measure(model, example, repeats=repeats))
     return min(tries, key=lambda t: t.cv)
-
-
-def lookup_table(meter: LatencyMeter, space: PruningSpace, base_ms: float, cache_dir: Path) -> LatencyTable:
-    return build_lut(space, meter, base_ms, cache_dir, lambda event: None)
-
-
-def make_evaluator(spec: JobSpec, settings: Settings, space: PruningSpace, data: DataSplits, budget: Budget,
-                   meter: LatencyMeter, lut: LatencyTable | None) -> EvaluateFn:
-    recipe = accuracy_recipe(spec)
-    if spec.execution.backend == "local":
-        return LocalEvaluator(space, data, budget, recipe, meter if budget.measured else None, lut)
-    from service.ray_backend import RayEvaluator, connect
-
-    connect(settings.ray_address)
-    return RayEvaluator(space, data, budget, recipe, meter.settings if budget.measured else None, lut,
-                        spec.execution.accuracy_workers, node=spec.device.node)
 
 
 def baseline_cache(spec: JobSpec, space: PruningSpace, meter: LatencyMeter, cache_dir: Path) -> Path:
@@ -234,15 +211,6 @@ def artifact_files(space: PruningSpace, ratios: Mapping[str, float]) -> dict[str
         return {name: (Path(tmp) / name).read_bytes() for name in (PLAN_FILE, WEIGHTS_FILE)}
 
 
-def fresh_timer(space: PruningSpace, settings: Settings, time_on: TimeFn, max_seconds: float
-                ) -> Callable[[Evaluation], RatioStats]:
-    def retime(e: Evaluation) -> RatioStats:
-        stats, _ = time_on(retime_files, artifact_files(space, e.candidate.ratios), settings.model_factories,
-                           max_seconds)
-        return stats
-    return retime
-
-
 def latency_account(final: RatioStats, budget: Budget, verdict: str) -> dict[str, Any]:
     """Every latency a user sees, from one interleaved measurement: base and pruned medians with their
     spread, the ratio with its CI, the verdict, and the settings it was taken with."""
@@ -254,46 +222,76 @@ def latency_account(final: RatioStats, budget: Budget, verdict: str) -> dict[str
             "verdict": verdict, "fresh_process": True, "settings": final.settings}
 
 
-def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settings: Settings | None = None,
-            checkpoint: Callable[[Checkpoint], None] | None = None, resume: Checkpoint | None = None) -> JobResult:
-    """Run a job end to end. `checkpoint` receives the search state after every batch; `resume`
-    continues a search from such a state (ignored, with an event, if the base model differs)."""
-    emit = emit or (lambda event: None)
-    settings = settings or Settings()
-    factories = settings.model_factories
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "job.json").write_text(spec.model_dump_json(indent=2) + "\n")
-    phases = Phases(emit)
-    torch.set_num_threads(os.cpu_count() or 1)
+@dataclass
+class Prepared:
+    """What a search starts from: data, base model, its pruning space, the resolved budget and table."""
 
+    spec: JobSpec
+    data: DataSplits
+    model: nn.Module
+    space: PruningSpace
+    example: torch.Tensor
+    base_latency: LatencyStats
+    timed_on: str
+    budget: Budget
+    lut: LatencyTable | None
+
+
+@dataclass
+class Searched:
+    """The search and its rivals: the agent, its outcome, the baselines and the ranked contenders."""
+
+    agent: Agent
+    outcome: SearchOutcome
+    baselines: dict[str, Evaluation]
+    ranked: list[selection.Contender]
+
+
+@dataclass
+class Finalized:
+    """The returned plan re-timed in a fresh process, and its model after the final fine-tune."""
+
+    choice: selection.Choice
+    final: RatioStats
+    ratios: dict[str, float]
+    pruned: nn.Module
+    accuracy: dict[str, float]
+
+
+def prepare(spec: JobSpec, settings: Settings, execution: Execution, phases: Phases, emit: Emit) -> Prepared:
     with phases("data"):
         data = load_data(spec)
     with phases("base_model"):
-        model = base_model(spec, data, factories, step_progress(emit, "base_model"))
-    identity = ModelIdentity(**spec.model.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
+        model = base_model(spec, data, settings.model_factories, step_progress(emit, "base_model"))
+    identity = identity_of(spec)
     with phases("space"):
         calib_bs = 16 if spec.criterion == "hessian" else spec.finetune.batch_size
         calib = list(data.train.batches(calib_bs, limit=spec.evaluation.calibration_batches * calib_bs))
         space = checked_space(model, identity, criterion=spec.criterion, calibration=calib, seed=spec.seed,
                               phase="space", **space_settings(spec))
-    meter = LatencyMeter(meter_settings(spec))
-    time_on = timing_place(spec, settings, meter)
-    example = meter.example(identity.in_channels, identity.input_size)
+    example = execution.meter.example(identity.in_channels, identity.input_size)
     with phases("base_latency"):
-        base_latency, timed_on = time_on(measure_base, model, example, max(30, spec.measurement.repeats))
+        base_latency, timed_on = execution.time(measure_base, model, example, max(30, spec.measurement.repeats))
     budget = resolve_budget(spec, space, base_latency)
     emit({"type": "budget", **budget.describe()})
-    recipe = accuracy_recipe(spec)
     lut = None
     if budget.measured:
         with phases("lookup_table"):
             if timed_on == "local":  # with progress events
-                lut = build_lut(space, meter, base_latency.median_ms, settings.lut_cache_dir, emit)
+                lut = build_lut(space, execution.meter, base_latency.median_ms, settings.lut_cache_dir, emit)
             else:
-                lut, _ = time_on(lookup_table, space, base_latency.median_ms, settings.lut_cache_dir)
-    ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit, lut=lut, workdir=out)
-    agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
+                lut, _ = execution.time(lookup_table, space, base_latency.median_ms, settings.lut_cache_dir)
+    return Prepared(spec, data, model, space, example, base_latency, timed_on, budget, lut)
+
+
+def search(prep: Prepared, settings: Settings, execution: Execution, phases: Phases, emit: Emit, out: Path,
+           checkpoint: Callable[[Checkpoint], None] | None, resume: Checkpoint | None) -> Searched:
+    """The strategy's search (resumed from a checkpoint of the same base model), then the baselines and the
+    contenders the returned plan is chosen from."""
+    spec, space, budget = prep.spec, prep.space, prep.budget
+    ctx = SearchContext(space=space, budget=budget, seed=spec.seed, emit=emit, lut=prep.lut, workdir=out)
+    params = spec.strategy.model_dump(exclude={"name"})
+    agent = make_agent(spec.strategy.name, ctx, params)
     if resume is not None and resume.get("fingerprint") != space.fingerprint:
         emit({"type": "resume_skipped", "reason": "the checkpoint was taken on another base model"})
         resume = None
@@ -303,81 +301,95 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
             checkpoint({**state, "fingerprint": space.fingerprint})
 
     with phases("search"):
-        evaluator = make_evaluator(spec, settings, space, data, budget, meter, lut)
+        evaluator = execution.evaluator(space, prep.data, budget, accuracy_recipe(spec), prep.lut)
         try:
-            try:
-                outcome = run_search(agent, evaluator, emit, checkpoint=save_state, resume=resume)
-            except ResumeMismatchError as exc:  # the replay diverged: start over rather than guess
-                emit({"type": "resume_skipped", "reason": str(exc)})
-                agent = make_agent(spec.strategy.name, ctx, spec.strategy.model_dump(exclude={"name"}))
-                outcome = run_search(agent, evaluator, emit, checkpoint=save_state)
-            with phases("baselines"):
-                found = find_baselines(ctx, evaluator, emit, agent.name,
-                                       baseline_cache(spec, space, meter, settings.lut_cache_dir))
-                rivals = {} if isinstance(agent, BisectionAgent) else found  # a baseline returns its own plan
-                ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget)
-                ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps)
-        finally:
-            if hasattr(evaluator, "shutdown"):
-                evaluator.shutdown()
-    retime = fresh_timer(space, settings, time_on, max(2 * spec.measurement.max_seconds, 10.0))
-    with phases("final_latency"):
-        choice = selection.choose(ranked, budget, retime, emit)
-        final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
-    chosen = choice.contender.evaluation
-    ratios = dict(chosen.candidate.ratios)
+            outcome = run_search(agent, evaluator, emit, checkpoint=save_state, resume=resume)
+        except ResumeMismatchError as exc:  # the replay diverged: start over rather than guess
+            emit({"type": "resume_skipped", "reason": str(exc)})
+            agent = make_agent(spec.strategy.name, ctx, params)
+            outcome = run_search(agent, evaluator, emit, checkpoint=save_state)
+        with phases("baselines"):
+            found = find_baselines(ctx, evaluator, emit, agent.name,
+                                   baseline_cache(spec, space, execution.meter, settings.lut_cache_dir))
+            rivals = {} if isinstance(agent, BisectionAgent) else found  # a baseline returns its own plan
+            ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget)
+            ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps)
+    execution.close()  # the accuracy actors are done; timings go on
+    return Searched(agent, outcome, found, ranked)
 
+
+def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Execution, phases: Phases,
+             emit: Emit) -> Finalized:
+    """The best contender that holds its budget when re-timed in a fresh process, then its model: BN
+    recalibrated, scored, fine-tuned (distilled from the base) and scored again."""
+    spec, space, data = prep.spec, prep.space, prep.data
+    max_seconds = max(2 * spec.measurement.max_seconds, 10.0)
+
+    def retime(e: Evaluation) -> RatioStats:
+        stats, _ = execution.time(retime_files, artifact_files(space, e.candidate.ratios),
+                                  settings.model_factories, max_seconds)
+        return stats
+
+    with phases("final_latency"):
+        choice = selection.choose(found.ranked, prep.budget, retime, emit)
+        final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
+    ratios = dict(choice.contender.evaluation.candidate.ratios)
+    recipe = accuracy_recipe(spec)
     with phases("final_model"):
         pruned = space.apply(ratios)
         if recipe.bn_recalibration:
             recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size,
                                   spec.seed)
-        pruned_acc = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
-                      "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
+        scores = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
+                  "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
         ft = spec.finetune
         if ft.final_epochs > 0:
-            teacher = Distillation(model, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
+            teacher = Distillation(prep.model, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
             fit(pruned, data.train, data.name, ft.final_epochs, ft.effective_lr, ft.batch_size, spec.seed,
                 schedule="cosine", progress=step_progress(emit, "final_model"), distill=teacher)
-            pruned_acc |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
-                           "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
+            scores |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
+                       "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
         if space.sparse:
             make_permanent(pruned)  # fold the masks in: the saved weights hold the zeros
         pruned.eval()
-    flops, params_count = space.count(pruned)
-    plan = space.plan(ratios, pruned)
-    base_acc = {"val_acc": accuracy(model, data.val, recipe.batch_size),
-                "test_acc": accuracy(model, data.test, recipe.batch_size)}
-    with phases("artifacts"):
-        sizes = save_pruned(out, pruned, plan)
-        onnx_note = export_onnx(pruned, example[:1], out / ONNX_FILE)
-        agent_files = agent.save(out)
-        (out / "agent.json").write_text(json.dumps(agent.summary(), indent=1, default=float) + "\n")
+    return Finalized(choice, final, ratios, pruned, scores)
+
+
+def build_report(prep: Prepared, found: Searched, fin: Finalized, phases: Phases, files: dict[str, Any],
+                 meter: LatencyMeter) -> dict[str, Any]:
+    """report.json: the one account of the job (README, "run writes into its folder")."""
+    spec, space, budget, lut, final = prep.spec, prep.space, prep.budget, prep.lut, fin.final
+    recipe, ft = accuracy_recipe(spec), spec.finetune
+    chosen, ratios = fin.choice.contender.evaluation, fin.ratios
+    flops, params_count = space.count(fin.pruned)
+    base_acc = {"val_acc": accuracy(prep.model, prep.data.val, recipe.batch_size),
+                "test_acc": accuracy(prep.model, prep.data.test, recipe.batch_size)}
     verdict = budget.verdict(flops, params_count, final.ci_high, final.ratio)
-    report: dict[str, Any] = {
-        "job": spec.name, "strategy": agent.name, "criterion": spec.criterion,
+    outcome = found.outcome
+    return {
+        "job": spec.name, "strategy": found.agent.name, "criterion": spec.criterion,
         "budget": budget.describe(),
         "budget_met": verdict == "met",
         "budget_verdict": verdict,
-        "selected": {"source": choice.contender.source, "candidate_id": chosen.candidate.id,
+        "selected": {"source": fin.choice.contender.source, "candidate_id": chosen.candidate.id,
                      "val_acc_search": chosen.val_acc, "search_latency_ratio": chosen.latency_ratio,
-                     "val_acc_common_recipe": choice.contender.first_score,
+                     "val_acc_common_recipe": fin.choice.contender.first_score,
                      "selection_steps": spec.evaluation.selection_steps,
                      "agent_choice": outcome.best.candidate.id if outcome.best else None,
-                     "contenders": len(ranked), "retimes": choice.attempts},
+                     "contenders": len(found.ranked), "retimes": fin.choice.attempts},
         "latency": latency_account(final, budget, verdict),
         "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(final.base),
-                 "latency_budget_phase": asdict(base_latency)},
-        "pruned": {**pruned_acc, "flops": flops, "params": params_count,
+                 "latency_budget_phase": asdict(prep.base_latency)},
+        "pruned": {**fin.accuracy, "flops": flops, "params": params_count,
                    "latency_ms": final.candidate.median_ms, "latency": asdict(final.candidate)},
         "teacher": {"test_acc": base_acc["test_acc"], "distilled": bool(ft.final_epochs > 0 and ft.distill),
                     "temperature": ft.distill_temperature, "alpha": ft.distill_alpha},
         "ratios": {"flops": flops / space.flops, "params": params_count / space.params,
                    "latency": final.ratio, "latency_ci": [final.ci_low, final.ci_high],
                    "latency_converged": final.converged, "latency_pairs": final.pairs},
-        "measurement": {**meter.settings.describe(), "timed_on": timed_on, "final": "fresh process"},
+        "measurement": {**meter.settings.describe(), "timed_on": prep.timed_on, "final": "fresh process"},
         "search": {"evaluations": len(outcome.history), "seconds": round(outcome.seconds, 3),
-                   "backend": spec.execution.backend, "agent_files": agent_files},
+                   "backend": spec.execution.backend, "agent_files": files["agent"]},
         "lookup_table": ({"predicted_latency_ratio": (predicted := lut.ratio(space.kept_for(ratios))),
                           "raw_predicted_latency_ratio": lut.raw_ratio(space.kept_for(ratios)),
                           "error_vs_measured": predicted / final.ratio - 1,
@@ -386,16 +398,44 @@ def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settin
                           "layers_ms": {"base": lut.breakdown(space.kept_for({})),
                                         "pruned": lut.breakdown(space.kept_for(ratios))}}
                          if lut is not None else None),
-        "baselines": [{"name": name, "knob": e.candidate.tag.get("knob"), **e.record()} for name, e in found.items()],
+        "baselines": [{"name": name, "knob": e.candidate.tag.get("knob"), **e.record()}
+                      for name, e in found.baselines.items()],
         "phases_seconds": phases.seconds,
-        "data": data.sizes(),
-        "onnx": onnx_note or "exported",
-        "size_bytes": sizes,
+        "data": prep.data.sizes(),
+        "onnx": files["onnx"] or "exported",
+        "size_bytes": files["sizes"],
         "dimensions": {"kinds": list(space.kinds), **({"nm": spec.nm, "accelerated": False,
                                                        "note": NM_NOTE} if "nm" in space.kinds else {})},
     }
-    history = [e.record() for e in outcome.history]
+
+
+def run_job(spec: JobSpec, out_dir: str | Path, emit: Emit | None = None, settings: Settings | None = None,
+            checkpoint: Callable[[Checkpoint], None] | None = None, resume: Checkpoint | None = None,
+            should_stop: StopFn | None = None) -> JobResult:
+    """Run a job end to end: prepare, search, finalize, report. `checkpoint` receives the search state after
+    every batch; `resume` continues a search from such a state (ignored, with an event, if the base model
+    differs); `should_stop` is polled by running work, which then raises `EvaluationCancelled`."""
+    emit = emit or (lambda event: None)
+    settings = settings or Settings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    phases = Phases(emit)
+    torch.set_num_threads(os.cpu_count() or 1)
+    meter = LatencyMeter(meter_settings(spec))
+    with open_execution(spec, settings, meter, should_stop) as execution:
+        prep = prepare(spec, settings, execution, phases, emit)
+        found = search(prep, settings, execution, phases, emit, out, checkpoint, resume)
+        fin = finalize(prep, found, settings, execution, phases, emit)
+    plan = prep.space.plan(fin.ratios, fin.pruned)
+    with phases("artifacts"):
+        files = {"sizes": save_pruned(out, fin.pruned, plan),
+                 "onnx": export_onnx(fin.pruned, prep.example[:1], out / ONNX_FILE),
+                 "agent": found.agent.save(out)}
+        (out / "agent.json").write_text(json.dumps(found.agent.summary(), indent=1, default=float) + "\n")
+    report = build_report(prep, found, fin, phases, files, meter)
+    history = [e.record() for e in found.outcome.history]
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     emit({"type": "done", "report": report})
-    return JobResult(plan, pruned, report, history, out)
+    return JobResult(plan, fin.pruned, report, history, out)

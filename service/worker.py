@@ -2,8 +2,9 @@
 
 The server never runs searches in its own process, so a crashing search or a `kill -9` of the
 server cannot take the other down. Every pipeline event is persisted (the dashboard and SSE
-replay them), progress is summarised on the job row, the runner's cancel request is honoured at
-the next event, and artifacts are registered with their size and hash.
+replay them), progress is summarised on the job row, and artifacts are registered with their size
+and hash. A cancel request is seen by one watcher thread; the job stops at its next event, or
+sooner where the execution backend polls the same flag (a batch of evaluations, a timing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import structlog
 
 from agents.base import Event
 from service.config import Settings
+from service.execution import EvaluationCancelled
 from service.pipeline import run_job
 from service.spec import JobSpec, parse_spec
 from service.store import JobStore, StoreUnavailableError
@@ -79,7 +81,7 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
     if job is None:
         raise SystemExit(f"no job {job_id}")
     progress: dict[str, Any] = {}
-    stop = threading.Event()
+    stop, cancelled = threading.Event(), threading.Event()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -93,7 +95,7 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
                 os._exit(LOST_EXIT)  # stop at once: two workers must never write one job
 
     threading.Thread(target=beat, daemon=True).start()
-    threading.Thread(target=watch_cancel, args=(store, job_id, stop), daemon=True).start()
+    threading.Thread(target=watch_cancel, args=(store, job_id, stop, cancelled), daemon=True).start()
 
     def emit(event: Event) -> None:
         nonlocal progress
@@ -102,8 +104,7 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
         if updated != progress:
             progress = updated
             store.update_progress(job_id, progress)
-        current = store.get_job(job_id)
-        if current is not None and current.cancel_requested:
+        if cancelled.is_set():
             raise JobCancelled
 
     out = job_dir(settings, job_id)
@@ -116,12 +117,12 @@ def execute(job_id: str, settings: Settings, worker: str) -> str:
         if job.checkpoint:
             log.info("job.resume", job=job_id, evaluations=len(job.checkpoint.get("history", [])))
         result = run_job(spec, out, emit=emit, settings=settings, checkpoint=checkpoint,
-                         resume=job.checkpoint or None)
+                         resume=job.checkpoint or None, should_stop=cancelled.is_set)
         register_artifacts(store, job_id, out, settings.artifact_dir)
         summary = {k: result.report[k] for k in ("budget", "budget_met", "base", "pruned", "ratios", "search")}
         store.finish(job_id, "succeeded", result=summary, worker=worker)
         return "succeeded"
-    except cancellations():  # evaluated only when something is raised: imports nothing
+    except (JobCancelled, EvaluationCancelled):
         store.append_event(job_id, {"type": "cancelled"})
         store.finish(job_id, "cancelled", error="cancelled by request", worker=worker)
         return "cancelled"
@@ -165,22 +166,17 @@ def storage_failure(exc: BaseException) -> str | None:
     return None
 
 
-def watch_cancel(store: JobStore, job_id: str, stop: threading.Event) -> None:
-    """Poll for a cancel request so work that emits no events for a while (a batch of evaluations on
-    Ray) stops within a second: the Ray backend cancels its tasks, kills its actors and raises."""
+def watch_cancel(store: JobStore, job_id: str, stop: threading.Event, cancelled: threading.Event) -> None:
+    """Poll the job row for a cancel request once a second and raise `cancelled`: the event hook and the
+    execution backend (which cancels its Ray tasks and kills its actors) both read that flag."""
     while not stop.wait(CANCEL_POLL_S):
-        job = store.get_job(job_id)
+        try:
+            job = store.get_job(job_id)
+        except StoreUnavailableError:  # a database blip: the next poll may land
+            continue
         if job is not None and job.cancel_requested:
-            backend = sys.modules.get("service.ray_backend")  # loaded only by Ray jobs; never import Ray here
-            if backend is not None:
-                backend.request_cancel()
+            cancelled.set()
             return
-
-
-def cancellations() -> tuple[type[BaseException], ...]:
-    """What ends a job as cancelled: our event hook's exception, and the Ray backend's if it is loaded."""
-    backend = sys.modules.get("service.ray_backend")
-    return (JobCancelled, backend.EvaluationCancelled) if backend is not None else (JobCancelled,)
 
 
 def register_artifacts(store: JobStore, job_id: str, folder: Path, root: Path) -> None:

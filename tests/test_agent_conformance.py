@@ -16,9 +16,9 @@ from agents.base import Candidate, Evaluation, ResumeMismatchError, SearchContex
 from agents.budget import Budget
 from agents.driver import run_search
 from agents.registry import AGENTS, make_agent
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import FAST_STRATEGIES as FAST
 from tests.conftest import make_space, synthetic_splits
 

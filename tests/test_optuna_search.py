@@ -19,8 +19,8 @@ from agents.base import Candidate, Evaluation, SearchContext
 from agents.budget import Budget
 from agents.driver import SearchOutcome, run_search
 from agents.optuna_search import OptunaAgent
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from search_spaces.space import PruningSpace
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import make_space, synthetic_splits
 
 SLOWDOWN = 1.08  # measured latency is slower than the table predicts, as on real devices

@@ -11,18 +11,13 @@ import ray
 
 from agents.base import Candidate
 from agents.budget import Budget
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import MeterSettings
 from service.config import RayUnavailableError
+from service.execution import EvaluationCancelled
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
+from service.execution.ray_backend import RayEvaluator, actor_settings, latency_placement
+from service.execution.ray_cluster import LATENCY_RESOURCE, connect
 from service.pipeline import run_job
-from service.ray_backend import (
-    LATENCY_RESOURCE,
-    EvaluationCancelled,
-    RayEvaluator,
-    actor_settings,
-    connect,
-    latency_placement,
-)
 from service.spec import parse_spec
 from tests.conftest import job_dict, make_space, synthetic_splits
 

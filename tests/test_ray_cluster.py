@@ -23,10 +23,12 @@ from ray.util.state import list_actors, list_tasks
 from agents.base import Candidate, Evaluation
 from agents.budget import Budget
 from bench.scaling import LoopbackCluster
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from measurement.latency import MeterSettings
+from service.execution import EvaluationCancelled
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
+from service.execution.ray_backend import RayEvaluator, Span
+from service.execution.ray_cluster import LATENCY_RESOURCE, connect
 from service.inventory import cluster_inventory, match_device
-from service.ray_backend import LATENCY_RESOURCE, EvaluationCancelled, RayEvaluator, Span, connect
 from service.spec import DeviceSpec
 from tests.conftest import job_dict, make_space, synthetic_splits
 from tests.live_server import TOKEN, started, stop

@@ -204,7 +204,7 @@ def test_netadapt_warm_start_confirms_the_previous_plan_first(tmp_path: Path) ->
     from agents.budget import Budget
     from agents.driver import run_search
     from agents.netadapt import NetAdaptAgent
-    from measurement.evaluator import AccuracyRecipe, LocalEvaluator
+    from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
     from tests.conftest import make_space
 
     space = make_space("small_cnn", 8, round_to=2)

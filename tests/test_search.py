@@ -8,7 +8,7 @@ from agents.base import SearchContext
 from agents.bisection import GlobalAgent, UniformAgent, global_ranking
 from agents.budget import Budget
 from agents.driver import run_search
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import make_space, synthetic_splits
 
 

@@ -22,7 +22,6 @@ from agents.base import Evaluation, SearchContext
 from agents.budget import Budget
 from agents.driver import SearchOutcome, run_search
 from agents.registry import AGENTS, make_agent
-from measurement.evaluator import AccuracyRecipe, LocalEvaluator
 from search_spaces import sparsity
 from search_spaces.artifacts import SPARSE_WEIGHTS_FILE, WEIGHTS_FILE, load_pruned, save_pruned
 from search_spaces.datasets import DataSplits
@@ -31,6 +30,7 @@ from search_spaces.space import PruningSpace, SpaceError, count_cost
 from search_spaces.sparse_format import load_sparse
 from search_spaces.zoo import build_model
 from search_spaces.zoo.resnet_cifar import BasicBlock, CifarResNet
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from service.pipeline import run_job
 from service.spec import SpecError, parse_spec
 from tests.conftest import FAST_STRATEGIES, job_dict, make_space, synthetic_splits, trained_like

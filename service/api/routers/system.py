@@ -102,7 +102,7 @@ async def healthz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
 
 def _ray_reachable(address: str) -> bool:
     from service.config import RayUnavailableError
-    from service.ray_backend import check_reachable
+    from service.execution.ray_cluster import check_reachable
 
     try:
         check_reachable(address, timeout=2.0)

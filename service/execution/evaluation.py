@@ -2,15 +2,16 @@
 
 The steps are plain functions of (space, data, plan) so that every backend runs the same code:
 `LocalEvaluator` calls them in this process, the Ray backend calls them inside actors that hold
-the base model and data. Accuracy always follows one recipe so candidates are comparable: apply
-the plan, recalibrate BatchNorm on training batches, optionally fine-tune N steps, score on the
-validation split.
+the base model and data. They live with the backends, not in `measurement/`, because candidates and
+evaluations are the agents' types: measurement stays below the agents. Accuracy always follows one
+recipe so candidates are comparable: apply the plan, recalibrate BatchNorm on training batches,
+optionally fine-tune N steps, score on the validation split.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -24,6 +25,7 @@ from measurement.runtimes import InferenceCall
 from measurement.training import TrainConfig, default_augment, train
 from search_spaces.datasets import DataSplits
 from search_spaces.space import PruningSpace
+from service.execution.base import EvaluationCancelled
 
 
 @dataclass(frozen=True)
@@ -98,19 +100,23 @@ def assemble(cand: Candidate, acc: AccuracyResult, budget: Budget, measured: Rat
 
 
 class LocalEvaluator:
-    """Evaluates candidates one after another in this process."""
+    """Evaluates candidates one after another in this process; `should_stop` is asked before each."""
 
     def __init__(self, space: PruningSpace, data: DataSplits, budget: Budget, recipe: AccuracyRecipe,
-                 meter: LatencyMeter | None, lut: LatencyTable | None = None) -> None:
+                 meter: LatencyMeter | None, lut: LatencyTable | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         if budget.measured and meter is None:
             raise ValueError("a latency budget needs a latency meter")
         self.space, self.data, self.budget, self.recipe, self.lut = space, data, budget, recipe, lut
         self.timer = DeviceTimer(space, meter) if meter is not None and budget.measured else None
+        self.should_stop = should_stop or (lambda: False)
 
     def __call__(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
         return [self.evaluate(c) for c in candidates]
 
     def evaluate(self, cand: Candidate) -> Evaluation:
+        if self.should_stop():
+            raise EvaluationCancelled("the job was stopped during evaluation")
         start = time.perf_counter()
         measured = None
         if self.timer is not None and cand.latency == "measured":
