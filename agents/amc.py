@@ -187,7 +187,6 @@ class Episode:
 
 
 class AMCAgent(Agent):
-    name = "amc"
     resumes_by_replay = True
 
     def __init__(self, ctx: SearchContext, episodes: int = 120, warmup_episodes: int = 20,

@@ -114,7 +114,6 @@ class ResumeMismatchError(RuntimeError):
 
 
 class Agent(abc.ABC):
-    name: ClassVar[str]
     # Agents whose state is a seeded computation over their history (an Optuna sampler, a DDPG
     # learner) resume by replaying it: cheaper to rebuild than to serialise, RNG states included.
     resumes_by_replay: ClassVar[bool] = False
@@ -122,6 +121,13 @@ class Agent(abc.ABC):
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
         self._next_id = 0
+
+    @property
+    def name(self) -> str:
+        """The strategy name this class is declared under in `agents.strategies` (not repeated here)."""
+        from agents.registry import name_of  # the declarations import agent modules: import on use
+
+        return name_of(type(self))
 
     def candidate(self, ratios: Mapping[str, float], accuracy: bool = True, latency: LatencyMode = "measured",
                   short_steps: int | None = None, **tag: Any) -> Candidate:

@@ -96,7 +96,7 @@ class BisectionAgent(Agent):
 
 
 class UniformAgent(BisectionAgent):
-    name = "uniform"
+    """One pruning ratio for every width dimension."""
 
     def __init__(self, ctx: SearchContext, steps: int = 12) -> None:
         if all(d.granularity == "block" for d in ctx.space.dimensions):
@@ -106,7 +106,7 @@ class UniformAgent(BisectionAgent):
 
 
 class GlobalAgent(BisectionAgent):
-    name = "global"
+    """One importance threshold across every group (the ranking is global)."""
 
     def __init__(self, ctx: SearchContext, steps: int = 12) -> None:
         super().__init__(ctx, global_ranking(ctx.space), steps)

@@ -57,7 +57,6 @@ class Path:
 
 
 class HALPAgent(Agent):
-    name = "halp"
     resumes_by_replay = True  # deterministic given its history: a replay rebuilds it exactly
 
     def __init__(self, ctx: SearchContext, variants: Sequence[str] = DEFAULT_VARIANTS,

@@ -21,7 +21,6 @@ MAX_HALVINGS = 4  # an iteration's slice may shrink to 1/16 before the search gi
 
 
 class NetAdaptAgent(Agent):
-    name = "netadapt"
 
     def __init__(self, ctx: SearchContext, initial_fraction: float = 0.1, decay: float = 0.96,
                  short_steps: int = 20, max_iterations: int = 40,

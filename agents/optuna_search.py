@@ -98,7 +98,6 @@ def free_study_name(storage: str | None) -> str:
 class OptunaAgent(Agent):
     """Ask-and-tell Optuna search over per-group pruning ratios (see the module docstring)."""
 
-    name = "optuna"
     resumes_by_replay = True
 
     def __init__(self, ctx: SearchContext, sampler: SamplerName = "tpe", trials: int = 60, parallel: int = 2,

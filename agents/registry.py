@@ -14,6 +14,15 @@ from agents.strategies import strategy_models
 AGENTS: dict[str, str] = {name: model.agents[name] for name, model in strategy_models().items()}
 
 
+def name_of(cls: type[Agent]) -> str:
+    """The strategy name an agent class is declared under."""
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    for name, declared in AGENTS.items():
+        if declared == path:
+            return name
+    raise LookupError(f"{path} is not declared by any strategy in agents.strategies")
+
+
 def agent_class(name: str) -> type[Agent]:
     try:
         module, cls = AGENTS[name].split(":")

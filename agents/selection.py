@@ -22,6 +22,7 @@ from agents.bisection import GlobalAgent, UniformAgent
 from agents.budget import Budget, BudgetUnreachableError
 from agents.driver import EvaluateFn, run_search
 
+SWEEP_ID = -400  # the uniform sweep's candidate ids count down from here
 BASELINE_STEPS = 8  # bisection steps: a knob within 0.4% of the top ratio
 MAX_RETIMES = 4  # contenders re-timed before the closest one is returned as missed
 
@@ -98,6 +99,20 @@ def baselines(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, skip: str = 
         found[name] = ev  # shown even if a fresh timing misses; `contenders` keeps only plans that meet
         emit({"type": "baseline", "name": name, "knob": ev.candidate.tag.get("knob"), **ev.record()})
     return found
+
+
+def uniform_sweep(ctx: SearchContext, evaluate: EvaluateFn, emit: Emit, ratios: Sequence[float]
+                  ) -> list[Evaluation]:
+    """Uniform plans at fixed ratios, timed and scored like every candidate, for display only (never a
+    contender): the line a job's plans are judged against, since a searched plan is worth its search
+    only if it sits above the uniform one at the same measured latency."""
+    space = ctx.space
+    if not ratios or all(d.granularity == "block" for d in space.dimensions):
+        return []
+    swept = evaluate([Candidate(SWEEP_ID - i, space.uniform(r), tag={"sweep": r}) for i, r in enumerate(ratios)])
+    for e in swept:
+        emit({"type": "sweep_point", "ratio": e.candidate.tag["sweep"], **e.record()})
+    return swept
 
 
 def contenders(history: Sequence[Evaluation], best: Evaluation | None, found: Mapping[str, Evaluation],

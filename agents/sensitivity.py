@@ -41,7 +41,6 @@ def ratio_at(ratios: Sequence[float], drops: Sequence[float], threshold: float, 
 
 
 class SensitivityAgent(Agent):
-    name = "sensitivity"
 
     def __init__(self, ctx: SearchContext, ratios: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
                  threshold_steps: int = 20) -> None:

@@ -146,10 +146,9 @@ def resolve_budget(spec: JobSpec, space: PruningSpace, base_latency: LatencyStat
     b = spec.budget
     base = {"flops": float(space.flops), "params": float(space.params),
             "latency_ms": base_latency.median_ms if base_latency else 0.0}[b.metric]
-    limit = b.target * base if b.relative else b.target
     if (why := unreachable(spec, space)) is not None:
-        raise BudgetUnreachableError(f"budget.target: {b.metric} <= {limit:.0f} is {why}")
-    return Budget(b.metric, limit, base, b.tolerance)
+        raise BudgetUnreachableError(f"budget.target: {b.metric} <= {b.limit(base):.0f} is {why}")
+    return Budget(b.metric, b.limit(base), base, b.tolerance)
 
 
 def build_lut(space: PruningSpace, meter: LatencyMeter, base_ms: float, cache_dir: Path, emit: Emit) -> LatencyTable:
@@ -239,12 +238,14 @@ class Prepared:
 
 @dataclass
 class Searched:
-    """The search and its rivals: the agent, its outcome, the baselines and the ranked contenders."""
+    """The search and its rivals: the agent, its outcome, the baselines, the ranked contenders, and the
+    uniform sweep shown beside them."""
 
     agent: Agent
     outcome: SearchOutcome
     baselines: dict[str, Evaluation]
     ranked: list[selection.Contender]
+    sweep: list[Evaluation]
 
 
 @dataclass
@@ -314,8 +315,9 @@ def search(prep: Prepared, settings: Settings, execution: Execution, phases: Pha
             rivals = {} if isinstance(agent, BisectionAgent) else found  # a baseline returns its own plan
             ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget)
             ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps)
+            sweep = selection.uniform_sweep(ctx, evaluator, emit, spec.evaluation.uniform_sweep)
     execution.close()  # the accuracy actors are done; timings go on
-    return Searched(agent, outcome, found, ranked)
+    return Searched(agent, outcome, found, ranked, sweep)
 
 
 def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Execution, phases: Phases,
@@ -394,12 +396,13 @@ def build_report(prep: Prepared, found: Searched, fin: Finalized, phases: Phases
                           "raw_predicted_latency_ratio": lut.raw_ratio(space.kept_for(ratios)),
                           "error_vs_measured": predicted / final.ratio - 1,
                           "plan_calibration": {"scale": lut.scale, "pairs": len(lut.observed)},
-                          "overhead_ms": lut.overhead_ms,
+                          "overhead_ms": lut.overhead_ms, "layer_scale": lut.layer_scale,
                           "layers_ms": {"base": lut.breakdown(space.kept_for({})),
                                         "pruned": lut.breakdown(space.kept_for(ratios))}}
                          if lut is not None else None),
         "baselines": [{"name": name, "knob": e.candidate.tag.get("knob"), **e.record()}
                       for name, e in found.baselines.items()],
+        "uniform_sweep": [{"ratio": e.candidate.tag["sweep"], **e.record()} for e in found.sweep],
         "phases_seconds": phases.seconds,
         "data": prep.data.sizes(),
         "onnx": files["onnx"] or "exported",

@@ -31,29 +31,28 @@ UPLOAD_REF = re.compile(r"upload:(?:[0-9a-f]{32}|[0-9a-f]{64})")
 
 
 Kind = Literal["invalid", "unsatisfiable", "unavailable"]
+Problem = tuple[tuple[str | int, ...], str]  # (field path, message): the one shape of every refusal
 
 
 @dataclass
 class SpecRefused(Exception):
-    """What a spec cannot do here: each problem as (field path, message), and which kind of problem."""
+    """What a spec cannot do here: each problem as (field path, message), which kind of problem, and where
+    the fields are (the request body, or a query string)."""
 
     kind: Kind
-    problems: list[tuple[tuple[str | int, ...], str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    where: Literal["body", "query"] = "body"
 
     def __str__(self) -> str:
         return "; ".join(f"{'.'.join(map(str, loc))}: {msg}" if loc else msg for loc, msg in self.problems)
 
     def moved(self, relocate: Callable[[tuple[str | int, ...]], tuple[str | int, ...]]) -> SpecRefused:
         """The same problems under other field paths (a schedule's job template lives under `job`)."""
-        return SpecRefused(self.kind, [(relocate(loc) if loc else loc, msg) for loc, msg in self.problems])
+        return SpecRefused(self.kind, [(relocate(loc) if loc else loc, msg) for loc, msg in self.problems], self.where)
 
 
 def unsatisfiable(loc: str, msg: str) -> SpecRefused:
     return SpecRefused("unsatisfiable", [(tuple(loc.split(".")), msg)])
-
-
-def _error(loc: list[str], msg: str) -> dict[str, Any]:
-    return {"loc": ["body", *loc], "msg": msg, "type": "value_error"}
 
 
 def identity_of(spec: JobSpec) -> ModelIdentity:
@@ -73,20 +72,20 @@ def preflight_spec(spec: JobSpec, factories: Mapping[str, str] | None) -> Prunin
     return checked_space(build_model(spec.model, factories), identity_of(spec), **space_settings(spec))
 
 
-def catalog_errors(body: Mapping[str, Any], settings: Settings) -> list[dict[str, Any]]:
-    """Names the catalog lacks (`model.arch`, `dataset.name`) in a raw or validated body, as 422 items."""
-    errors = []
+def catalog_errors(body: Mapping[str, Any], settings: Settings) -> list[Problem]:
+    """Names the catalog lacks (`model.arch`, `dataset.name`) in a raw or validated body."""
+    errors: list[Problem] = []
     model, dataset = body.get("model"), body.get("dataset")
     arch = model.get("arch") if isinstance(model, Mapping) else None
     if isinstance(arch, str):
         known = available_models(settings.model_factories)
         prefixes = tuple(k.split(":", 1)[0] + ":" for k in known if k.endswith(">"))
         if arch not in known and not (arch.startswith(prefixes) and arch.split(":", 1)[1]):
-            errors.append(_error(["model", "arch"], f"unknown architecture {arch!r}; available: {known}"))
+            errors.append((("model", "arch"), f"unknown architecture {arch!r}; available: {known}"))
     name = dataset.get("name") if isinstance(dataset, Mapping) else None
     if isinstance(name, str) and (name not in available_datasets() or name.startswith("imagefolder:")):
         known = [n for n in available_datasets() if not n.startswith("imagefolder")]
-        errors.append(_error(["dataset", "name"], f"unknown dataset {name!r}; available: {known}"))
+        errors.append((("dataset", "name"), f"unknown dataset {name!r}; available: {known}"))
     return errors
 
 
@@ -96,7 +95,7 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
     m, d = spec.model, spec.dataset
     weights = m.weights
     if errors := catalog_errors(spec.model_dump(), settings):
-        raise SpecRefused("invalid", [(tuple(e["loc"][1:]), e["msg"]) for e in errors])
+        raise SpecRefused("invalid", errors)
     if isinstance(weights, str) and not UPLOAD_REF.fullmatch(weights):
         raise unsatisfiable("model.weights",
                             "the server takes uploaded weights (upload:<id> from POST /weights) or {train_epochs: N}")
@@ -160,8 +159,7 @@ def unreachable(spec: JobSpec, space: PruningSpace) -> str | None:
         return None
     flops, params = space.cost(space.smallest())
     smallest, base = (flops, space.flops) if b.metric == "flops" else (params, space.params)
-    limit = b.target * base if b.relative else b.target
-    if smallest <= limit:
+    if smallest <= b.limit(base):
         return None
     return (f"unreachable: the most pruned plan this space allows has {smallest / base:.3f} of the base {b.metric} "
             f"(max_ratio={spec.max_ratio})")

@@ -90,6 +90,10 @@ class BudgetSpec(Strict):
             raise ValueError("budget.target: a relative target must be in (0, 1]")
         return self
 
+    def limit(self, base: float) -> float:
+        """The budget in the metric's unit, given the base model's value."""
+        return self.target * base if self.relative else self.target
+
 
 class EvaluationSpec(Strict):
     batch_size: int = Field(256, ge=1, le=8192)
@@ -98,6 +102,10 @@ class EvaluationSpec(Strict):
     bn_recalibration: bool = True
     recalibration_batches: int = Field(10, ge=1, le=1000)
     calibration_batches: int = Field(4, ge=1, le=1000, description="batches for data-driven criteria")
+    uniform_sweep: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8], max_length=20,
+        description="uniform ratios timed and scored beside the search: the line the dashboard's accuracy-latency "
+                    "chart judges the job's plans against ([] for none)")
     selection_steps: int = Field(20, ge=0, le=10_000, description="fine-tune steps the leading plans get before "
                                  "the final choice among them (0: choose on the search's own scores)")
 

@@ -102,7 +102,7 @@ def job_dict(**overrides: Any) -> dict[str, Any]:
         "budget": {"metric": "flops", "target": 0.5},
         "strategy": {"name": "uniform", "steps": 6},
         "measurement": {"max_seconds": 1, "repeats": 5, "warmup": 1},
-        "evaluation": {"recalibration_batches": 2},
+        "evaluation": {"recalibration_batches": 2, "uniform_sweep": []},  # the sweep has its own tests
         "execution": {"backend": "local"},  # Ray has its own tests; in-process keeps these fast
     }
     for key, value in overrides.items():

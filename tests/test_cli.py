@@ -45,9 +45,10 @@ def test_run_job_writes_artifacts_that_rebuild_bit_for_bit(tmp_path: Path) -> No
 
 
 def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
-    spec = parse_spec(job_dict(budget={"metric": "latency_ms", "target": 0.7},
+    spec = parse_spec(job_dict(budget={"metric": "latency_ms", "target": 0.7}, evaluation={"uniform_sweep": [0.3, 0.6]},
                                device={"batch_size": 64}, measurement={"max_seconds": 2, "repeats": 10}))
-    report = run_job(spec, tmp_path).report
+    events: list[dict[str, Any]] = []
+    report = run_job(spec, tmp_path, emit=events.append).report
     history = json.loads((tmp_path / "history.json").read_text())
     assert all(h["latency_source"] == "measured" and h["latency_ci"][0] <= h["latency_ratio"] <= h["latency_ci"][1]
                for h in history)
@@ -62,6 +63,12 @@ def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
     assert lat["ci"][0] <= lat["ratio"] <= lat["ci"][1]
     assert report["budget_verdict"] in ("met", "within_tolerance", "missed")
     assert report["budget_met"] == (report["budget_verdict"] == "met")
+    sweep = report["uniform_sweep"]  # timed and scored like every candidate, shown, never returned
+    assert [p["ratio"] for p in sweep] == [0.3, 0.6]
+    assert all(p["latency_source"] == "measured" and p["val_acc"] is not None for p in sweep)
+    assert [e["ratio"] for e in events if e["type"] == "sweep_point"] == [0.3, 0.6]
+    assert report["selected"]["candidate_id"] not in {p["id"] for p in sweep}
+    assert all(h["id"] not in {p["id"] for p in sweep} for h in history)
 
 
 def test_cli_run_then_evaluate(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run"]
 SHOTS = Path(os.environ.get("PRUNESEARCH_TEST_ARTIFACTS", "test-artifacts"))
 # Charts a finished sensitivity job (FLOPs budget: deterministic) must draw, and those it must not show;
-# a uniform job under a latency budget adds the lookup-table breakdown and measured baselines.
+# a uniform job under a latency budget adds the lookup-table breakdown, measured baselines and the uniform sweep.
 CHARTS = ("best", "latency", "flops", "layers", "groups", "sensitivity")
 NOT_FOR_SENSITIVITY = ("amc", "netadapt")
 LATENCY_CHARTS = ("latency", "flops", "layers", "groups", "lut")
@@ -64,12 +64,13 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 class Console:
     """Every console error and uncaught exception of a page. The only tolerated entries are Chromium's
-    own network lines for answers the test provokes on purpose (the 422 of the invalid form, the 404
-    that tells the page this server has no scheduler)."""
+    own network lines for answers the test provokes on purpose (the 422 of the invalid form and of its
+    space preview, the 404 that tells the page this server has no scheduler)."""
 
     def __init__(self, page: Any, base: str) -> None:
         self.errors: list[str] = []
-        self.allowed = {f"{base}/api/v1/jobs": {"422"}, f"{base}/api/v1/schedules": {"404", "422"}}
+        self.allowed = {f"{base}/api/v1/jobs": {"422"}, f"{base}/api/v1/schedules": {"404", "422"},
+                        f"{base}/api/v1/catalog/space": {"422"}}
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
 
@@ -78,7 +79,7 @@ class Console:
             return
         url = msg.location.get("url", "")
         if msg.text.startswith("Failed to load resource") and any(
-                f"status of {code} " in msg.text for code in self.allowed.get(url, ())):
+                f"status of {code} " in msg.text for code in self.allowed.get(url.split("?")[0], ())):
             return
         self.errors.append(f"{msg.text} ({url})")
 
@@ -195,7 +196,8 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
     row.wait_for()
     assert "small_cnn" in row.inner_text() and "sensitivity" in row.inner_text() and "FLOPs ≤ 50%" in row.inner_text()
     client = dash.client()  # queued behind it: uniform bisection on measured latency always finds a plan
-    timed = client.submit(job_dict(name="dash-latency", budget={"metric": "latency_ms", "target": 0.8}))
+    timed = client.submit(job_dict(name="dash-latency", budget={"metric": "latency_ms", "target": 0.8},
+                                   evaluation={"uniform_sweep": [0.3, 0.6]}))
 
     # Its progress bar advances in place, without a reload.
     seen: list[float] = []
@@ -250,6 +252,7 @@ def test_dashboard_submit_watch_inspect_download_cancel(browser: Any, dash: Serv
         assert chart_points(page, key) > 0, key
     legend = page.locator('[data-chart="latency"] .legend').text_content() or ""
     assert "budget" in legend and "global baseline" in legend and "chosen plan" in legend
+    assert "uniform sweep" in legend  # the line the job's plans are judged against
     assert "ms per batch of 8" in (page.locator('[data-chart="latency"] .xtitle').text_content() or "")
     page.screenshot(path=str(SHOTS / "dashboard-latency-job.png"), full_page=True)
 
@@ -330,6 +333,14 @@ def test_the_new_job_form_opens_on_the_demo_job_and_asks_for_dimensions(browser:
     assert "wanda" in page.locator('[name="criterion"] option').all_inner_texts()
     page.uncheck('[data-dimension="unstructured"]')
     page.check('[data-dimension="channel"]')
+    # the space the preflight would build, before submitting: a channel shuffle leaves layers unpruned, with why
+    space_says = "t => document.querySelector('#nj-space').textContent.includes(t)"
+    page.wait_for_function(space_says, arg="no layer left unpruned")
+    page.select_option('[name="model.arch"]', "factory:shuffle")
+    page.wait_for_function(space_says, arg="left unpruned: ")
+    assert "shuffle" in page.inner_text("#nj-space")
+    page.select_option('[name="model.arch"]', demo.model.arch)
+    page.wait_for_function(space_says, arg="no layer left unpruned")
 
     ids = []
     for blocks in (False, True):

@@ -124,13 +124,19 @@ def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     timed = table.build()
     assert timed > 0
     full = {d.name: d.units for d in space.dimensions}
-    table.calibrate(5.0)
-    assert table.predict(full) == pytest.approx(5.0)
     half = space.kept_for(space.uniform(0.5))
+    layers_full, layers_half = table.predict(full), table.predict(half)  # uncalibrated: the layers alone
+    table.calibrate(2 * layers_full)  # the layers add up to less than the base: the rest is a constant
+    assert table.predict(full) == pytest.approx(2 * layers_full) and table.layer_scale == 1.0
+    assert table.overhead_ms == pytest.approx(layers_full)
+    table.calibrate(0.5 * layers_full)  # more than the base: scaled down, never a negative constant
+    assert table.overhead_ms == 0.0 and table.predict(full) == pytest.approx(0.5 * layers_full)
+    assert table.raw_ratio(half) == pytest.approx(layers_half / layers_full)
     assert set(table.breakdown(half)) == {layer.name for layer in space.layers}
     assert all(v > 0 for v in table.breakdown(half).values())
     again = LatencyTable(space, meter, tmp_path, repeats=3)
     assert again.build() == 0  # every grid point came from the on-disk cache
+    again.calibrate(0.5 * layers_full)
     assert again.breakdown(half) == table.breakdown(half)
 
 

@@ -183,6 +183,7 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", artifact_dir=tmp_path / "artifacts",
                         tokens={"ci": TOKEN}, scheduler="off", max_upload_bytes=1024,
+                        model_factories={"shuffle": "tests.test_zoo_sweep:ShuffleNet"},
                         dataset_roots={"fashion-mnist": str(FMNIST), "cifar10": str(tmp_path / "no-cifar")})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # starlette's own note about its test client
@@ -209,6 +210,25 @@ def test_the_catalog_serves_each_vocabulary_from_its_one_declaration(api: TestCl
     assert cat["phases"] == [{"name": n, "weight": w} for n, w in PHASES]
     assert cat["dimensions"] == list(SPACE_KINDS)
     assert cat["criteria_by_kind"] == {kind: criteria_for(kind) for kind in SPACE_KINDS}
+
+
+def test_the_catalog_previews_a_model_s_space_with_the_layers_it_leaves_unpruned(api: TestClient) -> None:
+    from tests.test_zoo_sweep import space_of
+
+    r = api.get("/api/v1/catalog/space", params={"arch": "factory:shuffle", "num_classes": 5, "in_channels": 3,
+                                                 "input_size": 8}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    want = space_of("shuffle")  # the space a job builds: the same dimensions and exclusions, with the reason
+    assert [d["name"] for d in r.json()["dimensions"]] == [d.name for d in want.dimensions]
+    assert r.json()["excluded"] == want.excluded and want.excluded
+    r = api.get("/api/v1/catalog/space", params={"arch": "resnet20", "in_channels": 1, "input_size": 28,
+                                                 "dimensions": ["channel", "block"]}, headers=AUTH)
+    kinds = {d["granularity"] for d in r.json()["dimensions"]}
+    assert r.status_code == 200 and kinds == {"channel", "block"} and r.json()["excluded"] == {}
+    r = api.get("/api/v1/catalog/space", params={"arch": "resnet9000"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "arch"], r.text
+    r = api.get("/api/v1/catalog/space", params={"arch": "resnet20", "dimensions": "heads"}, headers=AUTH)
+    assert r.status_code == 422 and "dimensions" in r.text, r.text
 
 
 def test_one_422_names_every_invalid_field(api: TestClient) -> None:

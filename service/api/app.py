@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from service import dashboard
-from service.api.deps import spec_refused
+from service.api.deps import error_items, spec_refused
 from service.api.routers import jobs, schedules, system, weights
 from service.config import Settings
 from service.preflight import SpecRefused, catalog_errors
@@ -76,7 +76,8 @@ def body_errors(errors: list[dict[str, Any]], body: Any, request: Request) -> li
     out = [{k: v for k, v in e.items() if k != "input" or list(e.get("loc", ())) != ["body"]} for e in errors]
     if request.method == "POST" and request.url.path == f"{API_PREFIX}/jobs" and isinstance(body, dict):
         seen = {tuple(e.get("loc", ())) for e in out}
-        out += [e for e in catalog_errors(body, request.app.state.settings) if tuple(e["loc"]) not in seen]
+        found = error_items(catalog_errors(body, request.app.state.settings))
+        out += [e for e in found if tuple(e["loc"]) not in seen]
     return out
 
 

@@ -4,7 +4,7 @@ preflight's domain errors onto HTTP."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response, status
@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Message
 
 from service.config import Settings
-from service.preflight import SpecRefused
+from service.preflight import Problem, SpecRefused
 from service.store import JobStore
 
 bearer = HTTPBearer(auto_error=False)
@@ -147,11 +147,15 @@ REFUSAL_STATUS = {"invalid": status.HTTP_422_UNPROCESSABLE_CONTENT, "unsatisfiab
                   "unavailable": status.HTTP_503_SERVICE_UNAVAILABLE}
 
 
+def error_items(problems: Iterable[Problem], where: str = "body") -> list[dict[str, Any]]:
+    """Refusals in FastAPI's 422 item shape: each under `body.<field>` (or `query.<parameter>`)."""
+    return [{"loc": [where, *loc], "msg": msg, "type": "value_error"} for loc, msg in problems]
+
+
 async def spec_refused(request: Request, exc: SpecRefused) -> JSONResponse:
     """A preflight refusal in FastAPI's error shape: each problem under `body.<field>`; a check that
     could not run (503) as one message."""
     code = REFUSAL_STATUS[exc.kind]
     if exc.kind == "unavailable":
         return JSONResponse({"detail": str(exc)}, status_code=code)
-    detail = [{"loc": ["body", *loc], "msg": msg, "type": "value_error"} for loc, msg in exc.problems]
-    return JSONResponse({"detail": detail}, status_code=code)
+    return JSONResponse({"detail": error_items(exc.problems, exc.where)}, status_code=code)

@@ -101,6 +101,17 @@ CATALOG: dict[str, Any] = {
                  "node": "127.0.0.1", "node_id": "local", "hostname": "build-1", "resources": []}],
 }
 
+SPACE: dict[str, Any] = {  # GET /catalog/space?arch=resnet20&in_channels=1&input_size=28 (abridged: 3 of 12)
+    "arch": "resnet20", "macs": 31332426, "params": 272186,
+    "dimensions": [
+        {"name": "conv1", "granularity": "channel", "units": 16, "min_kept": 2,
+         "members": ["conv1", "layer1.2.conv2", "layer1.1.conv2", "layer1.0.conv2"]},
+        {"name": "layer1.0.conv1", "granularity": "channel", "units": 16, "min_kept": 2, "members": ["layer1.0.conv1"]},
+        {"name": "layer1.1.conv1", "granularity": "channel", "units": 16, "min_kept": 2, "members": ["layer1.1.conv1"]},
+    ],
+    "excluded": {},
+}
+
 HEALTH: dict[str, Any] = {"database": True, "ray": "embedded"}
 
 METRICS = ('# HELP prunesearch_jobs jobs by status\n# TYPE prunesearch_jobs gauge\n'

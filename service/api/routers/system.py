@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from agents.events import EVENT_KINDS
 from agents.strategies import strategy_models
 from search_spaces.datasets import available_datasets
-from search_spaces.kinds import CHANNEL_CRITERIA, SPACE_KINDS, WEIGHT_ONLY_CRITERIA, criteria_for
-from search_spaces.zoo import available_models
+from search_spaces.kinds import CHANNEL_CRITERIA, SPACE_KINDS, WEIGHT_ONLY_CRITERIA, SpaceKind, criteria_for
+from search_spaces.plan import ModelIdentity
+from search_spaces.preflight import PreflightError, checked_space
+from search_spaces.space import SpaceError
+from search_spaces.zoo import UnknownModelError, available_models, build_model
 from service.api import examples
 from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
 from service.config import Settings
 from service.pipeline import PHASES
+from service.preflight import SpecRefused, catalog_errors
 from service.spec import DEMO_JOB, JobSpec, load_spec
 
 router = APIRouter(tags=["system"])
@@ -49,6 +53,48 @@ async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
         "defaults": demo_defaults(),
         "devices": await run_in_threadpool(_devices, settings),
     }
+
+
+@router.get("/catalog/space", responses={
+    **examples.json_example(examples.SPACE, "the space a job on ResNet-20 would search (abridged)"),
+    400: {"description": "the settings leave nothing to prune; names the field"},
+    422: {"description": "an unknown architecture or dimension kind"}})
+async def space_preview(settings: SettingsDep, _: Reader, arch: str,
+                        num_classes: Annotated[int, Query(ge=2, le=100_000)] = 10,
+                        in_channels: Annotated[int, Query(ge=1, le=64)] = 3,
+                        input_size: Annotated[int, Query(ge=4, le=1024)] = 32,
+                        dimensions: Annotated[list[SpaceKind] | None, Query()] = None,
+                        round_to: Annotated[int, Query(ge=1, le=1024)] = 1,
+                        max_ratio: Annotated[float, Query(gt=0, lt=1)] = 0.9) -> dict[str, Any]:
+    """The pruning space a job on `arch` would search, built by the submission preflight on an untrained model
+    (structure, not weights, decides it): its dimensions, and the layers left unpruned with the reason."""
+    problems = catalog_errors({"model": {"arch": arch}}, settings)
+    if problems:
+        raise SpecRefused("invalid", [(("arch",), msg) for _, msg in problems], "query")
+    return await run_in_threadpool(_space, settings, arch, num_classes, in_channels, input_size,
+                                   tuple(dimensions or ["channel"]), round_to, max_ratio)
+
+
+def _space(settings: Settings, arch: str, num_classes: int, in_channels: int, input_size: int,
+           dimensions: tuple[str, ...], round_to: int, max_ratio: float) -> dict[str, Any]:
+    identity = ModelIdentity(arch=arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    try:
+        space = checked_space(build_model(identity, settings.model_factories), identity, round_to=round_to,
+                              max_ratio=max_ratio, dimensions=dimensions)
+    except (SpaceError, UnknownModelError) as exc:
+        fld, _, msg = str(exc).partition(": ")
+        loc = exc.field if isinstance(exc, PreflightError) else fld if fld in QUERY_FIELDS else "arch"
+        raise SpecRefused("unsatisfiable", [((loc,), msg or str(exc))], "query") from exc
+    except Exception as exc:  # a model that does not even run on this input: the user's to fix, said plainly
+        raise SpecRefused("unsatisfiable", [(("arch",), f"{arch} cannot be built or run on a {in_channels}x"
+                                             f"{input_size}x{input_size} input: {exc}")], "query") from exc
+    return {"arch": arch, "macs": space.flops, "params": space.params,
+            "dimensions": [{"name": d.name, "granularity": d.granularity, "units": d.units, "min_kept": d.min_kept,
+                            "members": list(d.members)} for d in space.dimensions],
+            "excluded": dict(space.excluded)}
+
+
+QUERY_FIELDS = ("dimensions", "round_to", "max_ratio", "keep_layers")
 
 
 def _devices(settings: Settings) -> list[dict[str, Any]]:

@@ -77,6 +77,14 @@ export function tradeoff(s, axis) {
   } else {
     traces.push(markersFor("search", evals, COLORS.search, "circle"));
   }
+  const uniformLine = pts([...(s.sweep || []), ...s.baselines.filter((b) => b.name === "uniform")],
+    (e) => (e.ratio != null ? `uniform ${Math.round(e.ratio * 100)}%` : "uniform baseline")).sort((a, b) => a.x - b.x);
+  if (uniformLine.length > 1) {
+    traces.push({ x: uniformLine.map((p) => p.x), y: uniformLine.map((p) => p.y), text: uniformLine.map((p) => p.label),
+      mode: "lines+markers", name: "uniform sweep", line: { color: COLORS.uniform, width: 1.5, dash: "dot" },
+      marker: { color: COLORS.uniform, size: 6 }, showInCount: false,
+      hovertemplate: "%{text}<br>%{x:.4g}, %{y:.1f}%<extra>uniform sweep</extra>" });
+  }
   for (const b of s.baselines) {
     const [p] = pts([b], () => `${b.name} baseline`);
     if (p) traces.push(markersFor(`${b.name} baseline`, [p], COLORS[b.name] || COLORS.base, "diamond"));

@@ -61,7 +61,7 @@ function downloads(s) {
 }
 
 export function renderDetail(root, jobId) {
-  const s = { job: null, budget: null, evals: [], baselines: [], curves: {}, sensBase: null, amc: [], netadapt: [],
+  const s = { job: null, budget: null, evals: [], baselines: [], sweep: [], curves: {}, sensBase: null, amc: [], netadapt: [],
     report: null, plan: null, artifacts: null, log: [], streamEnded: false, kinds: new Set() };
   const evalById = new Map();
   root.innerHTML = `
@@ -169,6 +169,7 @@ export function renderDetail(root, jobId) {
         s.evals = [...evalById.values()].sort((a, b) => a.eventId - b.eventId);
         break;
       case "baseline": s.baselines = [...s.baselines.filter((b) => b.name !== e.name), e]; break;
+      case "sweep_point": s.sweep = [...s.sweep.filter((p) => p.ratio !== e.ratio), e]; break;
       case "sensitivity_curve": s.curves[e.group] = e; break;
       case "sensitivity_point": if (e.group == null) s.sensBase = e.val_acc; break;
       case "amc_episode": s.amc.push(e); break;

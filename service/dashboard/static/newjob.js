@@ -121,7 +121,7 @@ function build(root, cat) {
       ${field("budget.relative", "relative to the base model", `<input id="f-budget.relative" name="budget.relative" type="checkbox" data-kind="bool" ${d.budget.relative !== false ? "checked" : ""}>`)}
       ${field("dimensions", "dimensions", `<div class="checks">${cat.dimensions.map((k) => `<label class="check"><input type="checkbox" data-dimension="${esc(k)}" ${kinds.has(k) ? "checked" : ""}> ${esc(k)}</label>`).join(" ")}</div>`, "what may be pruned: channels, whole blocks, or fine-grained weights")}
       ${field("criterion", "importance criterion", '<select id="f-criterion" name="criterion"></select>', "the criteria the chosen dimensions accept")}
-    </div></fieldset>
+    </div><div id="nj-space" class="small muted" data-space="" aria-live="polite" style="margin-top:8px"></div></fieldset>
     <fieldset><legend>Strategy</legend><div class="fields">
       ${field("strategy.name", "strategy", select("strategy.name", strategies, d.strategy.name))}
     </div><div class="fields" id="strategy-fields" style="margin-top:10px"></div></fieldset>
@@ -151,12 +151,40 @@ function build(root, cat) {
     root.querySelector('[data-field="weights-epochs"]').hidden = mode !== "train";
     root.querySelector('[data-field="weights-file"]').hidden = mode !== "upload";
   };
+  const spaceBox = root.querySelector("#nj-space");
+  let spaceAsked = 0;
+  const drawSpace = async () => { // what the preflight would search and leave unpruned, for this model as set
+    const asked = ++spaceAsked;
+    const q = new URLSearchParams();
+    for (const k of ["arch", "num_classes", "in_channels", "input_size"]) q.set(k, form.querySelector(`[name="model.${k}"]`).value);
+    form.querySelectorAll("[data-dimension]:checked").forEach((c) => q.append("dimensions", c.dataset.dimension));
+    spaceBox.dataset.space = "loading";
+    spaceBox.textContent = "Checking what this model's space holds…";
+    let html, state = "ok";
+    try {
+      const sp = await api(`/api/v1/catalog/space?${q}`);
+      const left = Object.entries(sp.excluded);
+      html = `<strong>${sp.dimensions.length}</strong> prunable dimension${sp.dimensions.length === 1 ? "" : "s"}`
+        + (left.length ? `; left unpruned: ${left.map(([layer, why]) => `<code>${esc(layer)}</code> (${esc(why)})`).join("; ")}` : "; no layer left unpruned");
+    } catch (err) {
+      html = `<span class="error">${esc(errorText(err))}</span>`;
+      state = "error";
+    }
+    if (asked !== spaceAsked) return; // a newer request is on its way
+    spaceBox.innerHTML = `Space: ${html}`;
+    spaceBox.dataset.space = state;
+  };
+  let spaceTimer = null;
+  const scheduleSpace = () => { clearTimeout(spaceTimer); spaceTimer = setTimeout(drawSpace, 300); };
+  for (const k of ["arch", "num_classes", "in_channels", "input_size"]) form.querySelector(`[name="model.${k}"]`).addEventListener("change", scheduleSpace);
+  form.querySelectorAll("[data-dimension]").forEach((c) => c.addEventListener("change", scheduleSpace));
   form.querySelector('[name="strategy.name"]').addEventListener("change", drawStrategy);
   form.querySelector('[name="weights-mode"]').addEventListener("change", syncWeights);
   form.querySelectorAll("[data-dimension]").forEach((c) => c.addEventListener("change", drawCriteria));
   drawStrategy();
   drawCriteria();
   syncWeights();
+  drawSpace();
   const rest = uncovered(form, d);
   if (rest) root.querySelector("#f-advanced").value = JSON.stringify(rest);
   form.addEventListener("submit", (e) => { e.preventDefault(); submit(root, form); });
