@@ -55,6 +55,14 @@ def unsatisfiable(loc: str, msg: str) -> SpecRefused:
     return SpecRefused("unsatisfiable", [(tuple(loc.split(".")), msg)])
 
 
+def space_refusal(exc: SpaceError) -> tuple[str, str]:
+    """The spec field a space error is about, and its message without that prefix: the submission check
+    and the catalog's space preview name the same field for the same failure."""
+    fld, _, msg = str(exc).partition(": ")
+    loc = exc.field if isinstance(exc, PreflightError) else "keep_layers" if fld == "keep_layers" else "dimensions"
+    return loc, msg or str(exc)
+
+
 def identity_of(spec: JobSpec) -> ModelIdentity:
     return ModelIdentity(**spec.model.model_dump(include={"arch", "num_classes", "in_channels", "input_size"}))
 
@@ -129,9 +137,7 @@ def check_submission(spec: JobSpec, settings: Settings) -> None:
     try:  # builds the space, applies its extreme plans and runs them: what cannot work is refused here
         space = checked_space(model, identity_of(spec), **space_settings(spec))
     except SpaceError as exc:  # unknown keep_layers, a layer the settings break, nothing left to prune
-        fld, _, msg = str(exc).partition(": ")
-        loc = exc.field if isinstance(exc, PreflightError) else "keep_layers" if fld == "keep_layers" else "dimensions"
-        raise unsatisfiable(loc, msg) from exc
+        raise unsatisfiable(*space_refusal(exc)) from exc
     if (why := unreachable(spec, space)) is not None:
         raise unsatisfiable("budget.target", why)
 

@@ -14,7 +14,7 @@ from agents.strategies import strategy_models
 from search_spaces.datasets import available_datasets
 from search_spaces.kinds import CHANNEL_CRITERIA, SPACE_KINDS, WEIGHT_ONLY_CRITERIA, SpaceKind, criteria_for
 from search_spaces.plan import ModelIdentity
-from search_spaces.preflight import PreflightError, checked_space
+from search_spaces.preflight import checked_space
 from search_spaces.space import SpaceError
 from search_spaces.zoo import UnknownModelError, available_models, build_model
 from service.api import examples
@@ -22,7 +22,7 @@ from service.api.deps import Reader, SettingsDep, StoreDep
 from service.api.metrics import render
 from service.config import Settings
 from service.pipeline import PHASES
-from service.preflight import SpecRefused, catalog_errors
+from service.preflight import SpecRefused, catalog_errors, space_refusal
 from service.spec import DEMO_JOB, JobSpec, load_spec
 
 router = APIRouter(tags=["system"])
@@ -81,10 +81,11 @@ def _space(settings: Settings, arch: str, num_classes: int, in_channels: int, in
     try:
         space = checked_space(build_model(identity, settings.model_factories), identity, round_to=round_to,
                               max_ratio=max_ratio, dimensions=dimensions)
-    except (SpaceError, UnknownModelError) as exc:
-        fld, _, msg = str(exc).partition(": ")
-        loc = exc.field if isinstance(exc, PreflightError) else fld if fld in QUERY_FIELDS else "arch"
-        raise SpecRefused("unsatisfiable", [((loc,), msg or str(exc))], "query") from exc
+    except UnknownModelError as exc:  # e.g. torchvision:<a name torchvision lacks>
+        raise SpecRefused("invalid", [(("arch",), str(exc).removeprefix("model.arch: "))], "query") from exc
+    except SpaceError as exc:
+        loc, msg = space_refusal(exc)
+        raise SpecRefused("unsatisfiable", [((loc,), msg)], "query") from exc
     except Exception as exc:  # a model that does not even run on this input: the user's to fix, said plainly
         raise SpecRefused("unsatisfiable", [(("arch",), f"{arch} cannot be built or run on a {in_channels}x"
                                              f"{input_size}x{input_size} input: {exc}")], "query") from exc
@@ -92,9 +93,6 @@ def _space(settings: Settings, arch: str, num_classes: int, in_channels: int, in
             "dimensions": [{"name": d.name, "granularity": d.granularity, "units": d.units, "min_kept": d.min_kept,
                             "members": list(d.members)} for d in space.dimensions],
             "excluded": dict(space.excluded)}
-
-
-QUERY_FIELDS = ("dimensions", "round_to", "max_ratio", "keep_layers")
 
 
 def _devices(settings: Settings) -> list[dict[str, Any]]:
