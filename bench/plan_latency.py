@@ -119,13 +119,15 @@ def summarise(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, 
 
 def render(env: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
     return "\n".join(["# Lookup-table error on whole plans (CPU, 1 thread, eager)", "",
-                      f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}; {env['note']}.", "",
+                      f"Last run: {env['cpu']}, {env['cores']} cores, torch {env['torch']}; {env['note']}. Rows "
+                      "without a cpu were measured on an Intel Xeon, idle, at commit 39375ef, before the table's "
+                      "layer scale (`measurement.lut.calibrate`) existed.", "",
                       "Absolute relative error of the predicted latency ratio against the interleaved measurement. "
                       "calibrated: the table corrected online by the plans measured before it (what a job's search "
                       "sees; `measurement.lut.fit_scale` replayed over the rows in measurement order).", "",
                       markdown_table(summaries, ["arch", "batch_size", "plans", "raw_median", "raw_p90",
                                                  "calibrated_median", "calibrated_p90", "final_scale",
-                                                 "lut_points_timed", "lut_build_s", "weights"])])
+                                                 "lut_points_timed", "lut_build_s", "cpu", "commit", "weights"])])
 
 
 def main() -> None:
@@ -145,12 +147,17 @@ def main() -> None:
         write("plan_latency", {**saved, "summary": summaries}, render(saved["environment"], summaries))
         return
     env = {**environment(), "note": args.note}
-    all_rows, summaries = [], []
+    saved = json.loads(path.read_text()) if path.is_file() else {"summary": [], "rows": []}
+    done = {(s["arch"], s["batch_size"]) for s in saved["summary"]}
+    all_rows, summaries = saved["rows"], saved["summary"]
     for arch in args.archs:
         for batch in args.batches:
+            if (arch, batch) in done:  # resumable: a setting already measured is kept, not re-timed
+                continue
             rows, summary = run(arch, batch, args.plans, args.seconds)
             all_rows += rows
-            summaries.append(summarise(rows, summary))
+            summaries.append({**summarise(rows, summary), "cpu": env["cpu"], "commit": env["commit"],
+                              "note": args.note})
             write("plan_latency", {"environment": env, "summary": summaries, "rows": all_rows},
                   render(env, summaries))
 

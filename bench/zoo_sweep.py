@@ -126,7 +126,7 @@ def render(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         built = "groups" in r
         t: dict[str, Any] = {"model": r["model"], "verdict": verdict(r), "groups": r.get("groups"),
                              "blocks": r.get("blocks"), "excluded": len(r.get("excluded", {})) if built else None,
-                             "space s": r.get("space_seconds")}
+                             "space s": r.get("space_seconds"), "commit": r.get("commit")}
         for ratio in RATIOS:
             got = r.get(f"r{ratio}", {})
             t[f"{ratio} MACs"] = got.get("macs_ratio")
@@ -136,14 +136,15 @@ def render(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
                 + "/" + ("yes" if got.get("onnx") == "exported" else "no")) if got else None
         t["error"] = r.get("error")
         table.append(t)
-    cols = ["model", "verdict", "groups", "blocks", "excluded", "space s",
+    cols = ["model", "verdict", "commit", "groups", "blocks", "excluded", "space s",
             *[f"{ratio} {k}" for ratio in RATIOS for k in ("MACs", "latency", "runs/round-trip/onnx")], "error"]
     excluded = [f"- **{r['model']}**: " + "; ".join(f"`{k}`: {v}" for k, v in sorted(r["excluded"].items()))
                 for r in rows if r.get("excluded")]
     return "\n".join([
         "# Model-zoo sweep: torchvision classification models through the job's channel space", "",
         f"CPU {env['cpu']} ({env['cores']} cores), torch {env['torch']}, torchvision {env.get('torchvision')}, "
-        f"commit {env['commit']}; nothing else ran. Untrained weights, input 1x3x{SIZE}x{SIZE}, {CLASSES} classes; "
+        "each row's commit in its column; nothing else ran. "
+        f"Untrained weights, input 1x3x{SIZE}x{SIZE}, {CLASSES} classes; "
         "uniform plans over the channel groups (blocks: residual blocks a width + depth space can drop); "
         "latency ratio: pruned / base, interleaved, 1 thread, batch 1, eager.", "",
         markdown_table(table, cols), "", "## Excluded layers and why", "", *(excluded or ["none"])])
@@ -153,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
+    parser.add_argument("--rerun", nargs="*", default=[], help="measure these models again")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -162,10 +164,11 @@ def main() -> None:
 
     env = {**environment(), "torchvision": torchvision.__version__}
     rows: list[dict[str, Any]] = json.loads(RESULT.read_text())["rows"] if RESULT.is_file() else []
+    rows = [r for r in rows if r["model"] not in args.rerun]
     for name in args.models:
         if any(r["model"] == name for r in rows):
             continue
-        rows.append(run_isolated(name, args.timeout))
+        rows.append({**run_isolated(name, args.timeout), "commit": env["commit"]})
         print(json.dumps(rows[-1], default=str)[:400], flush=True)
         write("zoo_sweep", {"environment": env, "rows": rows}, render(rows, env))
     write("zoo_sweep", {"environment": env, "rows": rows}, render(rows, env))

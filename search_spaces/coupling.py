@@ -47,7 +47,51 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     except Exception:
         if not getattr(graph, "module2node", None) or not _tolerant_index_mapping(graph):
             raise
+    _bound_index_mappings(graph, _widest(model))
     return graph
+
+
+class MappingOverflow(RuntimeError):
+    """Torch-Pruning's index mapping produced more channel indices than any layer has."""
+
+
+class _Bounded:
+    """An index mapping that refuses to grow past `limit` indices. Through a reshape whose channel
+    axis Torch-Pruning infers wrongly (Swin's channels-last windows), its flatten mapping multiplies
+    the indices on every turn of a residual cycle, and the group search grows until memory runs out."""
+
+    def __init__(self, mapping: Any, limit: int) -> None:
+        self.mapping, self.limit = mapping, limit
+
+    def __call__(self, idxs: Any) -> Any:
+        out = self.mapping(idxs)
+        if len(out) > self.limit:
+            raise MappingOverflow(f"it maps {len(idxs)} channels onto {len(out)}, more than any layer has "
+                                  f"({self.limit})")
+        return out
+
+
+class _BoundedMappings(list[Any]):
+    """A dependency's index mappings; Torch-Pruning assigns them by item, each time it re-infers them."""
+
+    def __init__(self, mappings: Iterable[Any], limit: int) -> None:
+        self.limit = limit
+        super().__init__(_Bounded(m, limit) if m is not None else None for m in mappings)
+
+    def __setitem__(self, i: Any, mapping: Any) -> None:
+        super().__setitem__(i, _Bounded(mapping, self.limit) if mapping is not None else None)
+
+
+def _widest(model: nn.Module) -> int:
+    """The largest dimension of any parameter: no channel index can exceed it (a flatten into a linear
+    layer included, whose input dimension is channels x positions)."""
+    return max((max(p.shape) for p in model.parameters() if p.dim()), default=1)
+
+
+def _bound_index_mappings(graph: tp.DependencyGraph, limit: int) -> None:
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            dep.index_mapping = _BoundedMappings(dep.index_mapping, limit)
 
 
 def _tolerant_index_mapping(graph: tp.DependencyGraph) -> bool:
@@ -197,6 +241,9 @@ def searchable_groups(graph: tp.DependencyGraph, ignored: Sequence[nn.Module], r
         channels = int(pruner.get_out_channels(m))
         try:
             group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(channels)))
+        except MappingOverflow as exc:
+            refused[name] = f"Torch-Pruning cannot follow its channels through a reshape or channel shuffle: {exc}"
+            continue
         except Exception as exc:  # Torch-Pruning's index mapping raises anything (ZeroDivisionError at a shuffle)
             refused[name] = f"Torch-Pruning cannot follow its channels ({type(exc).__name__}: {exc})"
             continue

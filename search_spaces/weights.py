@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -61,7 +62,12 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         if wrong:
             parts.append(f"shape mismatch {wrong[:3]}{'…' if len(wrong) > 3 else ''}")
         raise WeightsError(f"model.weights: {source} does not fit the architecture: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    # A tensor file carries no module versions (torch's `_metadata`), and a module that checks its
+    # version when loading (torchvision's MNASNet) refuses a state without one: the file was written
+    # from this architecture's state dict, so its versions are the model's own.
+    versioned = OrderedDict(state)
+    versioned._metadata = getattr(expected, "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    model.load_state_dict(versioned, strict=True)
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, object] | None = None) -> None:

@@ -10,6 +10,7 @@ be pruned, the preflight must exclude it with a reason, never raise from inside 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -321,12 +322,76 @@ class QKVNet(nn.Module):
         return self.fc(t.mean(dim=1))
 
 
+class WindowBlock(nn.Module):
+    """A Swin block on channels-last features, as torchvision writes it: windows cut by view, permute
+    and reshape, a qkv projection called through `F.linear`, heads split by reshape, then an MLP, each
+    with a residual add."""
+
+    def __init__(self, dim: int, window: int, heads: int = 2) -> None:
+        super().__init__()
+        self.window, self.heads = window, heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        s = self.window
+        t = self.norm1(x).view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        qkv = F.linear(t, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.reshape(t.size(0), t.size(1), 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        t = (F.softmax(q @ k.transpose(-2, -1), dim=-1) @ v).transpose(1, 2).reshape(t.size(0), t.size(1), c)
+        t = F.linear(t, self.proj.weight, self.proj.bias)
+        x = x + t.view(b, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class SwinNet(nn.Module):
+    """Swin's layout: patch embedding, channels-last window blocks, a patch merging (four strided
+    slices concatenated, LayerNorm, Linear 4C -> 2C). Torch-Pruning misreads the window reshapes'
+    channel axis and, around the residual cycle, multiplies the indices without end."""
+
+    def __init__(self, num_classes: int, in_channels: int, input_size: int) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(in_channels, 16, 2, stride=2)
+        self.block1, self.block2 = WindowBlock(16, 2), WindowBlock(32, 2)
+        self.merge_norm, self.merge = nn.LayerNorm(64), nn.Linear(64, 32, bias=False)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block1(self.patch(x).permute(0, 2, 3, 1))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        x = self.block2(self.merge(self.merge_norm(x)))
+        return self.fc(x.mean(dim=(1, 2)))
+
+
+class VersionedNet(nn.Module):
+    """A module that checks its state's version when loading, as torchvision's MNASNet does: a tensor
+    file carries no versions, so loading must supply the model's own."""
+
+    _version = 2
+
+    def __init__(self, num_classes: int, in_channels: int, input_size: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_cbr(in_channels, 8), _cbr(8, 12))
+        self.head = Head(12, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: dict[str, Any],
+                              *args: Any) -> None:
+        if local_metadata.get("version") != self._version:
+            raise ValueError(f"version should be set to 2, got {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
 ARCHS: dict[str, type[nn.Module]] = {
     "concat": ConcatNet, "residual": ResidualNet, "se": SENet, "shuffle": ShuffleNet, "shufflenet_v2": ShuffleNetV2,
     "flatten": FlattenNet,
     "shared": SharedNet, "norms": NormNet, "resnext": ResNeXtNet, "grouped_chain": GroupedChainNet,
     "depthwise": DepthwiseNet, "multiplier": MultiplierNet, "concat_grouped": ConcatGroupedNet, "mha": MHANet,
-    "qkv": QKVNet,
+    "qkv": QKVNet, "versioned": VersionedNet, "swin": SwinNet,
 }
 FACTORIES = {name: f"tests.test_zoo_sweep:{cls.__name__}" for name, cls in ARCHS.items()}
 # Layers the preflight must exclude (with a reason), per architecture.
@@ -337,6 +402,7 @@ EXCLUDED: dict[str, set[str]] = {
     "shufflenet_v2": {"stage.0.branch1.2.0", "stage.0.branch2.3.0", "stage.1.branch2.3.0",
                       "stage.2.branch2.3.0"},  # Torch-Pruning's ZeroDivisionError at the shuffle
     "mha": {"mlp.2"},  # the embedding width: nn.MultiheadAttention keeps embed_dim and num_heads
+    "swin": {"patch", "block1.mlp.2", "block2.mlp.2"},  # stage widths, through the window reshapes
 }
 RATIOS = (0.25, 0.5, 0.9)
 
@@ -412,4 +478,27 @@ def test_zero_division_at_a_torchvision_shuffle_excludes_the_groups_through_it()
         tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, IN_CHANNELS, SIZE, SIZE))
     space = space_of("shufflenet_v2")
     assert [d.name for d in space.dimensions] == ["stem.0", *(f"stage.{i}.branch2.1" for i in range(3))]
-    assert all("cannot map" in why for why in space.excluded.values())
+    assert all("reshape" in why for why in space.excluded.values())
+
+
+def test_an_index_mapping_that_outgrows_every_layer_excludes_its_group_instead_of_exhausting_memory() -> None:
+    """Through Swin's window reshapes Torch-Pruning multiplies a group's indices on every turn of the
+    residual cycle (swin_t was killed for memory). No layer has more channels than its widest
+    parameter dimension, so a mapping past that bound refuses the group, with the reason. Here the
+    flatten into fc1 (8 channels -> 32 inputs) is legitimate at the real bound and overflows one set
+    below it."""
+    import torch_pruning as tp
+
+    from search_spaces.coupling import _bound_index_mappings, build_graph, searchable_groups
+
+    model, _ = build("flatten")
+    names = {m: n for n, m in model.named_modules()}
+    for limit, refused in ((32, False), (16, True)):
+        graph = build_graph(model, torch.zeros(1, IN_CHANNELS, SIZE, SIZE))
+        _bound_index_mappings(graph, limit)
+        found, why = searchable_groups(graph, [model.fc2], (nn.Conv2d, nn.Linear), names)
+        assert ("conv.0" in why) is refused, why
+        assert ("conv.0" in {names[c.root] for c in found}) is not refused
+        if refused:
+            assert "reshape" in why["conv.0"] and "more than any layer has (16)" in why["conv.0"]
+    assert isinstance(graph, tp.DependencyGraph)
