@@ -16,7 +16,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -205,9 +205,10 @@ def steady_allocator() -> bool:
 class LatencyMeter:
     """Times models on one device/runtime with fixed settings."""
 
-    def __init__(self, settings: MeterSettings) -> None:
+    def __init__(self, settings: MeterSettings, timer: Callable[[InferenceCall], float] | None = None) -> None:
+        """`timer` runs one call and returns milliseconds; by default the device's clock."""
         self.settings = settings
-        self._timer = timer_for(settings.device)
+        self._timer = timer or timer_for(settings.device)
         self.steady_allocator = steady_allocator()
 
     def example(self, in_channels: int, input_size: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def macs_timer(call: Callable[[], object]) -> float:
+    """A device whose latency is a fixed per-call overhead plus one millisecond per MFLOP: timings
+    that repeat exactly. For suites whose subject is the search, not the clock: a tiny model's real
+    timings spread by tens of percent between runs, and a lookup table built from them sometimes
+    predicts no plan inside the budget at all, so those suites failed by chance."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return 0.5 + counter.get_total_flops() / 1e6

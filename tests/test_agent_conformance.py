@@ -20,7 +20,7 @@ from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
 from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import FAST_STRATEGIES as FAST
-from tests.conftest import make_space, synthetic_splits
+from tests.conftest import macs_timer, make_space, synthetic_splits
 
 MAX_EVALUATIONS = 200
 
@@ -43,7 +43,8 @@ def search(name: str, metric: str, tmp_path: Path, seed: int = 0) -> tuple[Any, 
     data = synthetic_splits(1, 8)
     lut = meter = None
     if metric == "latency_ms":
-        meter = LatencyMeter(MeterSettings(batch_size=16, warmup=1, repeats=6, max_seconds=0.3, ci_halfwidth=0.05))
+        meter = LatencyMeter(MeterSettings(batch_size=16, warmup=1, repeats=6, max_seconds=0.3, ci_halfwidth=0.05),
+                             timer=macs_timer)
         lut = LatencyTable(space, meter, tmp_path / "lut", repeats=3)
         lut.build()
         base_ms = meter.measure(space.base, meter.example(1, 8), repeats=20).median_ms
