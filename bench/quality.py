@@ -133,7 +133,7 @@ def row(spec: JobSpec, budget_name: str, space: str, report: dict[str, Any], wal
         "search_seconds": report["search"]["seconds"], "evaluations": report["search"]["evaluations"],
         "sparse_kb": sizes["model.sparse.safetensors"] / 1024 if "model.sparse.safetensors" in sizes else None,
         "dense_kb": sizes["model.safetensors"] / 1024 if "model.safetensors" in sizes else None,
-        "job_seconds": round(wall, 1), "cpu": environment()["cpu"],
+        "job_seconds": round(wall, 1), "cpu": environment()["cpu"], "commit": environment()["commit"],
     }
 
 
