@@ -35,7 +35,6 @@ from search_spaces.space import Dimension
 VARIANT_PATTERN = r"^(?P<kind>uniform|sensitivity|taylor|magnitude)(\^(?P<power>[0-9]*\.?[0-9]+))?$"
 VARIANT = re.compile(VARIANT_PATTERN)
 DEFAULT_VARIANTS = ("sensitivity", "taylor", "uniform")
-ALLOCATED = ("channel", "head", "unstructured")  # dimensions with units to allocate; blocks and N:M stay off
 SPARSE_STEPS = 32  # kept counts per fine-grained layer on the walk
 LOOKAHEAD = 16  # grid steps one removal may take at once: the whole grid, to reach past any flat stretch
 USED_ENOUGH = 0.02  # a plan within 2% under the budget ends its path's search
@@ -64,7 +63,7 @@ class HALPAgent(Agent):
                  confirm_steps: int = 5, short_steps: int = 0) -> None:
         super().__init__(ctx)
         space = ctx.space
-        self.widths = [d for d in space.dimensions if d.granularity in ALLOCATED]
+        self.widths = [d for d in space.dimensions if not d.binary]  # units to allocate; blocks and N:M stay off
         if not self.widths:
             raise ValueError("strategy.name: halp allocates channels, heads and single weights; this space's "
                              "dimensions are all on/off (blocks, N:M layers): use another strategy")

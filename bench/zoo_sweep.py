@@ -43,6 +43,7 @@ def sweep_one(name: str) -> dict[str, Any]:
 
     from measurement.latency import LatencyMeter, MeterSettings
     from search_spaces.artifacts import export_onnx, load_pruned, save_pruned
+    from search_spaces.kinds import WIDTH
     from search_spaces.plan import ModelIdentity
     from search_spaces.preflight import checked_space
     from search_spaces.zoo import build_model
@@ -57,7 +58,7 @@ def sweep_one(name: str) -> dict[str, Any]:
         start = time.perf_counter()
         space = checked_space(model, ident, max_ratio=0.9)
         row["space_seconds"] = round(time.perf_counter() - start, 1)
-        row["groups"] = sum(d.granularity in ("channel", "head") for d in space.dimensions)
+        row["groups"] = sum(d.granularity in WIDTH for d in space.dimensions)
         row["excluded"] = dict(space.excluded)
         row["step"] = "blocks"
         try:

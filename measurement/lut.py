@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from measurement.latency import LatencyMeter
+from search_spaces.kinds import WIDTH
 from search_spaces.space import LayerInfo, PruningSpace
 
 GRID_POINTS = 16  # per channel axis
@@ -79,7 +80,7 @@ class LatencyTable:
         if space.sparse:
             raise ValueError("a latency lookup table models channel and depth plans; fine-grained zeros run "
                              "at dense speed")
-        widths = [d for d in space.dimensions if d.granularity in ("channel", "head")]
+        widths = [d for d in space.dimensions if d.granularity in WIDTH]
         self._prunable_out = {m for d in widths for m in d.members}
         self._prunable_in = {c for d in widths for c in d.consumers}
 

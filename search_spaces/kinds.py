@@ -6,7 +6,8 @@ Kept free of torch so the job spec can check a request without importing the pru
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
 
 # The one declaration of the space's vocabulary: the job spec's types, the catalog, the dashboard's
 # form and the pruning code all read these.
@@ -14,9 +15,37 @@ SpaceKind = Literal["channel", "block", "unstructured", "nm"]
 ChannelCriterion = Literal["l1", "l2", "bn_scale", "fpgm", "lamp", "random", "taylor", "hessian", "activation"]
 WeightCriterion = Literal["magnitude", "wanda", "obd"]  # rank single weights: fine-grained kinds only
 
+Granularity = Literal["channel", "head", "block", "unstructured", "nm"]  # the unit a dimension counts
+
+
+@dataclass(frozen=True)
+class GranularityInfo:
+    """What a dimension of one granularity is: the plan, the pruning code, the lookup table, the
+    strategies and the dashboard (through /catalog) read these facts here."""
+
+    kind: str  # the space kind (`dimensions` entry) that finds it
+    unit: str  # what its `units` and `kept` count, as the dashboard says it
+    width: bool = False  # shrinks layer widths: priced by shape in the lookup table and the cost model
+    binary: bool = False  # either on or off (half its maximum ratio switches it)
+    sparse: bool = False  # fine-grained: shapes stay and zeros are stored
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+GRANULARITIES: dict[str, GranularityInfo] = {
+    "channel": GranularityInfo("channel", "channels", width=True),
+    "head": GranularityInfo("channel", "heads", width=True),  # an attention module's fused qkv group
+    "block": GranularityInfo("block", "block", binary=True),
+    "unstructured": GranularityInfo("unstructured", "weights", sparse=True),
+    "nm": GranularityInfo("nm", "of M", binary=True, sparse=True),
+}
+assert set(GRANULARITIES) == set(get_args(Granularity)), "declare each granularity's facts"
+
 SPACE_KINDS: tuple[str, ...] = get_args(SpaceKind)
-SPARSE = ("unstructured", "nm")  # fine-grained: shapes stay, zeros are stored
-BINARY = ("block", "nm")  # a dimension that is either on or off
+WIDTH = tuple(g for g, info in GRANULARITIES.items() if info.width)
+SPARSE = tuple(g for g, info in GRANULARITIES.items() if info.sparse)  # kinds and granularities: the same names
+BINARY = tuple(g for g, info in GRANULARITIES.items() if info.binary)
 CHANNEL_CRITERIA: tuple[str, ...] = get_args(ChannelCriterion)
 DATA_DRIVEN = ("taylor", "hessian", "activation")  # channel criteria that need a calibration pass over data
 DATA_FREE = tuple(c for c in CHANNEL_CRITERIA if c not in DATA_DRIVEN)

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from search_spaces.kinds import Granularity
+
 PLAN_SCHEMA_VERSION: Literal[3] = 3  # 3: a group's size is `units`; 2 called it `channels`; 1 held channel groups only
-Granularity = Literal["channel", "head", "block", "unstructured", "nm"]
 
 
 class PlanMismatchError(ValueError):

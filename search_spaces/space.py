@@ -33,8 +33,8 @@ from search_spaces import sparsity
 from search_spaces.coupling import Coupling, build_graph, grouped_indices, searchable_groups
 from search_spaces.criteria import Batches, prepare_scorer
 from search_spaces.depth import block_layers, bypassable_blocks, drop_blocks
-from search_spaces.kinds import BINARY, NEEDS_DATA, SPARSE, SPARSE_CRITERIA, KindError, check_kinds
-from search_spaces.plan import Granularity, GroupResult, LayerResult, ModelIdentity, Plan, PlanMismatchError
+from search_spaces.kinds import BINARY, NEEDS_DATA, SPARSE, SPARSE_CRITERIA, WIDTH, Granularity, KindError, check_kinds
+from search_spaces.plan import GroupResult, LayerResult, ModelIdentity, Plan, PlanMismatchError
 from search_spaces.weights import fingerprint
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -238,8 +238,8 @@ class PruningSpace:
         self.dimensions = sorted(dims, key=lambda d: (d.layer.index, d.granularity != "block"))  # forward order
         self._by_name = {d.name: d for d in dims}
         self._by_root = {(d.members[0] if d.granularity == "head" else d.name): d
-                         for d in dims if d.granularity in ("channel", "head")}
-        widths = [d for d in dims if d.granularity in ("channel", "head")]
+                         for d in dims if d.granularity in WIDTH}
+        widths = [d for d in dims if d.granularity in WIDTH]
         self._out_of = {m: d for d in widths for m in d.members}  # layer -> dimension shrinking its outputs
         self._in_of = {c: d for d in widths for c in d.consumers}  # ... and its inputs
         self._scores: dict[str, torch.Tensor] | None = None

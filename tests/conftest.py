@@ -31,7 +31,7 @@ FAST_STRATEGIES: dict[str, dict[str, Any]] = {name: model.smoke for name, model 
 # fixture that starts a server, a cluster or a browser, or a test or fixture body that starts one itself.
 LIVE_MODULES = frozenset({"test_ray_backend", "test_ray_cluster", "test_dashboard"})
 LIVE_FIXTURES = frozenset({"server", "pg_admin", "browser", "dash", "cluster", "srv", "env"})
-LIVE_CALLS = ("started(", "fuzz_server(", '"backend": "ray"', "chromium", "PG_URL")
+LIVE_CALLS = ("started(", "fuzz_server(", '"backend": "ray"', "chromium", "PG_URL", '"service.demo"')  # demo: serves
 
 
 def is_live(item: pytest.Item) -> bool:

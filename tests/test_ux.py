@@ -200,7 +200,7 @@ def test_the_catalog_serves_each_vocabulary_from_its_one_declaration(api: TestCl
     """The dashboard reads strategies, criteria, kinds, phases and event kinds from here, never a copy."""
     from agents.events import EVENT_KINDS
     from agents.strategies import strategy_models
-    from search_spaces.kinds import SPACE_KINDS, criteria_for
+    from search_spaces.kinds import GRANULARITIES, SPACE_KINDS, criteria_for
     from service.pipeline import PHASES
 
     cat = api.get("/api/v1/catalog").json()
@@ -210,6 +210,10 @@ def test_the_catalog_serves_each_vocabulary_from_its_one_declaration(api: TestCl
     assert cat["phases"] == [{"name": n, "weight": w} for n, w in PHASES]
     assert cat["dimensions"] == list(SPACE_KINDS)
     assert cat["criteria_by_kind"] == {kind: criteria_for(kind) for kind in SPACE_KINDS}
+    assert cat["granularities"]["head"] == {"kind": "channel", "unit": "heads", "width": True, "binary": False,
+                                            "sparse": False}
+    assert set(cat["granularities"]) == set(GRANULARITIES)
+    assert {g["kind"] for g in cat["granularities"].values()} == set(SPACE_KINDS)  # every kind finds one
 
 
 def test_the_catalog_previews_a_model_s_space_with_the_layers_it_leaves_unpruned(api: TestClient) -> None:

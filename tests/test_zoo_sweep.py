@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.artifacts import export_onnx, load_pruned, save_pruned
+from search_spaces.kinds import WIDTH
 from search_spaces.plan import ModelIdentity
 from search_spaces.preflight import checked_space
 from search_spaces.space import PruningSpace, count_cost
@@ -421,7 +422,7 @@ def space_of(name: str) -> PruningSpace:
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_every_architecture_prunes_round_trips_exports_and_costs_right(name: str, tmp_path: Path) -> None:
     space = space_of(name)
-    widths = [d for d in space.dimensions if d.granularity in ("channel", "head")]
+    widths = [d for d in space.dimensions if d.granularity in WIDTH]
     assert widths, f"{name}: nothing to prune"
     assert set(space.excluded) == EXCLUDED.get(name, set()), space.excluded
     assert all(reason for reason in space.excluded.values())

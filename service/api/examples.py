@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.events import EVENT_KINDS
+from search_spaces.kinds import GRANULARITIES
 
 JOB_ID = "4ef3818aa9224cc18f18dc694546161a"
 _BASE = f"/api/v1/jobs/{JOB_ID}"
@@ -96,6 +97,7 @@ CATALOG: dict[str, Any] = {
     "criteria": ["l1", "l2", "bn_scale", "fpgm", "lamp", "random", "taylor", "hessian", "activation"],
     "runtimes": ["eager", "torchscript", "onnxruntime"], "budget_metrics": ["latency_ms", "flops", "params"],
     "events": {kind: EVENT_KINDS[kind] for kind in ("phase", "trial")},
+    "granularities": {g: GRANULARITIES[g].describe() for g in ("channel", "head")},
     "devices": [{"name": "cpu", "model": "AMD EPYC 7B13", "cores": 2, "runtimes": ["eager", "torchscript",
                                                                                    "onnxruntime"],
                  "node": "127.0.0.1", "node_id": "local", "hostname": "build-1", "resources": []}],

@@ -12,7 +12,14 @@ from fastapi.responses import JSONResponse
 from agents.events import EVENT_KINDS
 from agents.strategies import strategy_models
 from search_spaces.datasets import available_datasets
-from search_spaces.kinds import CHANNEL_CRITERIA, SPACE_KINDS, WEIGHT_ONLY_CRITERIA, SpaceKind, criteria_for
+from search_spaces.kinds import (
+    CHANNEL_CRITERIA,
+    GRANULARITIES,
+    SPACE_KINDS,
+    WEIGHT_ONLY_CRITERIA,
+    SpaceKind,
+    criteria_for,
+)
 from search_spaces.plan import ModelIdentity
 from search_spaces.preflight import checked_space
 from search_spaces.space import SpaceError
@@ -46,6 +53,7 @@ async def catalog(settings: SettingsDep, _: Reader) -> dict[str, Any]:
         "criteria": [*CHANNEL_CRITERIA, *WEIGHT_ONLY_CRITERIA],
         "criteria_by_kind": {kind: criteria_for(kind) for kind in SPACE_KINDS},
         "dimensions": list(SPACE_KINDS),
+        "granularities": {name: info.describe() for name, info in GRANULARITIES.items()},
         "runtimes": schema["$defs"]["DeviceSpec"]["properties"]["runtime"]["enum"],
         "budget_metrics": schema["$defs"]["BudgetSpec"]["properties"]["metric"]["enum"],
         "phases": [{"name": name, "weight": weight} for name, weight in PHASES],

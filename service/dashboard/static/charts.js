@@ -1,5 +1,5 @@
 // The job-detail charts. Each takes the page state and returns {traces, layout} or an empty-state message.
-import { COLORS, PALETTE } from "./util.js";
+import { COLORS, PALETTE, unitOf } from "./util.js";
 
 const ACC = { title: { text: "validation accuracy (%)" } };
 const toPct = (x) => (x == null ? null : 100 * x);
@@ -129,15 +129,12 @@ export function layerChannels(s) {
   };
 }
 
-const UNITS = { channel: "channels", head: "heads", block: "block", unstructured: "weights", nm: "of M" };
-
 export function groupRatios(s) {
   if (!s.plan) return { empty: "The chosen plan appears when the job succeeds." };
   const G = s.plan.groups;
-  const unit = (g) => UNITS[g.granularity ?? "channel"] ?? "units";
   return {
     traces: [{ type: "bar", name: "removed", x: G.map((g) => g.name), y: G.map((g) => 100 * (g.effective_ratio ?? g.ratio)),
-      text: G.map((g) => `${g.kept}/${g.units} ${unit(g)} kept`), marker: { color: COLORS.pruned },
+      text: G.map((g) => `${g.kept}/${g.units} ${unitOf(g.granularity)} kept`), marker: { color: COLORS.pruned },
       hovertemplate: "%{x}: %{y:.1f}% removed (%{text})<extra></extra>" }],
     layout: { xaxis: { title: { text: "dimension (channel group, heads, block or layer)" }, tickangle: -30 },
       yaxis: { title: { text: "removed (%)" }, range: [0, 100] }, showlegend: false },

@@ -93,10 +93,17 @@ export function budgetText(b) {
 let catalogPromise = null;
 let phases = [];  // [{name, weight}] in pipeline order
 let eventKinds = {};  // kind -> summary template (agents/events.py)
+let granularities = {};  // granularity -> {kind, unit, width, binary, sparse} (search_spaces/kinds.py)
 export function catalog() {
-  catalogPromise ??= api("/api/v1/catalog").then((cat) => { phases = cat.phases; eventKinds = cat.events; return cat; })
-    .catch((err) => { catalogPromise = null; throw err; });
+  catalogPromise ??= api("/api/v1/catalog").then((cat) => {
+    phases = cat.phases; eventKinds = cat.events; granularities = cat.granularities; return cat;
+  }).catch((err) => { catalogPromise = null; throw err; });
   return catalogPromise;
+}
+
+/** What a plan group's units count ("channels", "heads", …), from its granularity's declaration. */
+export function unitOf(granularity) {
+  return granularities[granularity ?? "channel"]?.unit ?? "units";
 }
 
 const FIELD = /\{(\w+)(?::([^}]*))?\}/g;
