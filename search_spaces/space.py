@@ -237,9 +237,8 @@ class PruningSpace:
             raise SpaceError(f"model: no prunable dimension of kind {'/'.join(self.kinds)} found")
         self.dimensions = sorted(dims, key=lambda d: (d.layer.index, d.granularity != "block"))  # forward order
         self._by_name = {d.name: d for d in dims}
-        self._by_root = {(d.members[0] if d.granularity == "head" else d.name): d
-                         for d in dims if d.granularity in WIDTH}
         widths = [d for d in dims if d.granularity in WIDTH]
+        self._by_root = {(d.members[0] if d.granularity == "head" else d.name): d for d in widths}
         self._out_of = {m: d for d in widths for m in d.members}  # layer -> dimension shrinking its outputs
         self._in_of = {c: d for d in widths for c in d.consumers}  # ... and its inputs
         self._scores: dict[str, torch.Tensor] | None = None
