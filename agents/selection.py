@@ -7,8 +7,11 @@ reused by every job on the same model, device and budget (the caller keeps the c
 plan scored with the job's common recipe (BN recalibration and the job's short fine-tune, so scores
 compare) competes; the leaders are re-scored after a few fine-tune steps (the signal that ranks
 best, `refine`), then the most accurate is re-timed in a fresh process, and the first that meets the
-budget there is returned. A baseline strategy (uniform, global) returns its own plan: the others'
-plans are shown beside it, not chosen. The report says which plan it was and where it came from.
+budget there is returned. A contender that misses there is tightened by just what its re-timing
+says it lacks (`tighten`) and the tightened plan competes too, so a miss at the budget's edge costs a
+few percent of the budget, not a fall back to whatever far smaller plan the search also measured. A
+baseline strategy (uniform, global) returns its own plan: the others' plans are shown beside it, not
+chosen. The report says which plan it was and where it came from.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from agents.base import Candidate, Emit, Evaluation, SearchContext
 from agents.bisection import GlobalAgent, UniformAgent
 from agents.budget import Budget, BudgetUnreachableError
 from agents.driver import EvaluateFn, run_search
+from search_spaces.kinds import WIDTH
 
 SWEEP_ID = -400  # the uniform sweep's candidate ids count down from here
+TIGHTENED_ID = -500  # tightened plans' candidate ids count down from here
 BASELINE_STEPS = 8  # bisection steps: a knob within 0.4% of the top ratio
 MAX_RETIMES = 4  # contenders re-timed before the closest one is returned as missed
+TIGHTEN_AIM = 0.98  # a tightened plan aims this far under the target, so that its own noise does not miss
 
 
 class RatioLike(Protocol):
@@ -34,6 +40,7 @@ class RatioLike(Protocol):
 
 
 Retime = Callable[[Evaluation], RatioLike]
+Tighten = Callable[["Contender", float], "Contender | None"]
 
 
 @dataclass
@@ -173,9 +180,54 @@ def refine(ranked: Sequence[Contender], evaluate: EvaluateFn, steps: int, top: i
     return refined + list(ranked[top:])
 
 
-def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, emit: Emit) -> Choice:
+def tightened_ratios(ctx: SearchContext, ratios: Mapping[str, float], factor: float) -> dict[str, float] | None:
+    """The plan whose predicted latency is `factor` times that of `ratios`, with every width dimension's
+    kept fraction scaled by one common factor (blocks and sparsity stay as they are): the same
+    allocation, smaller by just what is asked. None without a lookup table, or if even the most-pruned
+    such plan is not predicted that fast."""
+    if ctx.lut is None:
+        return None
+    space = ctx.space
+    goal = ctx.predicted_latency_ratio(ratios) * factor
+
+    def shrunk(s: float) -> dict[str, float]:
+        return {d.name: (r if d.granularity not in WIDTH else d.snap(1 - (1 - r) * s))
+                for d in space.dimensions for r in [float(ratios.get(d.name, 0.0))]}
+
+    lo, hi = 0.0, 1.0  # the predicted ratio grows with s: keep the largest s that meets the goal
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ctx.predicted_latency_ratio(shrunk(mid)) <= goal else (lo, mid)
+    plan = shrunk(lo)
+    return plan if ctx.predicted_latency_ratio(plan) <= goal else None
+
+
+def tightener(ctx: SearchContext, evaluate: EvaluateFn, steps: int) -> Tighten:
+    """`choose`'s fallback: a contender that re-timed at `retimed` x the base (over the target) becomes the
+    plan the table predicts at TIGHTEN_AIM x target / retimed of it, scored as the contender was (after
+    `steps` fine-tune steps if `refine` re-scored it, else with the common recipe) so that it ranks among
+    them. The first ids count down from TIGHTENED_ID."""
+    ids = iter(range(TIGHTENED_ID, TIGHTENED_ID - 10_000, -1))
+
+    def tighten(c: Contender, retimed: float) -> Contender | None:
+        e = c.evaluation
+        ratios = tightened_ratios(ctx, e.candidate.ratios, TIGHTEN_AIM * ctx.budget.target_ratio / retimed)
+        if ratios is None:
+            return None
+        refined = c.first_score is not None and steps > 0
+        tag = {**e.candidate.tag, "tightened_from": e.candidate.id, **({"selection_steps": steps} if refined else {})}
+        (scored,) = evaluate([Candidate(next(ids), ratios, accuracy=True, latency="none",
+                                        short_steps=steps if refined else None, tag=tag)])
+        return Contender(f"{c.source}, tightened", scored)
+    return tighten
+
+
+def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, emit: Emit,
+           tighten: Tighten | None = None) -> Choice:
     """The most accurate contender that meets the budget when re-timed; exact budgets need no re-timing.
-    If none of the first MAX_RETIMES holds, the one closest to the budget, with its verdict."""
+    A contender that misses is tightened (`tighten`) and the tightened plan takes its place in the
+    ranking by its score. If none of MAX_RETIMES re-timings holds, the one closest to the budget, with
+    its verdict."""
     if not ranked:
         raise BudgetUnreachableError(f"budget.target: no plan the job measured meets {budget.describe()}")
     if retime is None or not budget.measured:
@@ -184,7 +236,9 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         return Choice(top, None, budget.verdict(e.flops, e.params))
     attempts: list[dict[str, Any]] = []
     closest: tuple[Contender, RatioLike] | None = None
-    for c in ranked[:MAX_RETIMES]:
+    queue = list(ranked)
+    while queue and len(attempts) < MAX_RETIMES:
+        c = queue.pop(0)
         stats = retime(c.evaluation)
         verdict = budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio)
         attempt = {"source": c.source, "candidate": c.evaluation.candidate.id, "val_acc": c.evaluation.val_acc,
@@ -197,6 +251,10 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
             return Choice(c, stats, verdict, attempts)
         if closest is None or stats.ratio < closest[1].ratio:
             closest = (c, stats)
+        if tighten is not None and len(attempts) < MAX_RETIMES and (t := tighten(c, stats.ratio)) is not None:
+            at = next((i for i, q in enumerate(queue) if (q.evaluation.val_acc or 0.0) < (t.evaluation.val_acc or 0.0)),
+                      len(queue))
+            queue.insert(at, t)
     assert closest is not None
     c, stats = closest
     return Choice(c, stats, budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio),

@@ -45,7 +45,7 @@ from search_spaces.zoo import build_model
 from service.config import Settings
 from service.execution import Execution, open_execution
 from service.execution.base import StopFn
-from service.execution.evaluation import AccuracyRecipe
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from service.preflight import identity_of, space_settings, unreachable
 from service.spec import JobSpec, SpecError, TrainWeights
 
@@ -333,7 +333,12 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
         return stats
 
     with phases("final_latency"):
-        choice = selection.choose(found.ranked, prep.budget, retime, emit)
+        # tightened fallbacks are scored here, in this process: the search's evaluators are closed
+        scorer = LocalEvaluator(space, data, prep.budget, accuracy_recipe(spec), None, prep.lut,
+                                should_stop=execution.should_stop)
+        ctx = SearchContext(space=space, budget=prep.budget, seed=spec.seed, lut=prep.lut)
+        tighten = selection.tightener(ctx, scorer, spec.evaluation.selection_steps)
+        choice = selection.choose(found.ranked, prep.budget, retime, emit, tighten)
         final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
     ratios = dict(choice.contender.evaluation.candidate.ratios)
     recipe = accuracy_recipe(spec)

@@ -14,9 +14,10 @@ from torch import nn
 from agents.base import Candidate, Evaluation, SearchContext
 from agents.budget import Budget
 from agents.halp import HALPAgent, parse_variant
-from agents.selection import Contender, choose, contenders, refine
+from agents.selection import TIGHTEN_AIM, Contender, choose, contenders, refine, tightened_ratios, tightener
 from measurement.lut import fit_scale
 from measurement.training import Distillation, TrainConfig, train
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from service.spec import SpecError, parse_spec
 from tests.conftest import job_dict, make_space, synthetic_splits
 
@@ -112,6 +113,67 @@ def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
     choice = choose(ranked, budget, lambda e: Timed(0.52 if e.latency_ratio == 0.49 else 0.48, 0.47, 0.49),
                     lambda event: None)
     assert choice.contender.evaluation.latency_ratio == 0.47 and choice.verdict == "met"
+
+
+class UnitsTable:
+    """A lookup table whose latency is the share of units kept (what `tightened_ratios` asks of one)."""
+
+    def __init__(self, space: Any) -> None:
+        self.total = sum(d.units for d in space.dimensions)
+
+    def ratio(self, kept: dict[str, int]) -> float:
+        return sum(kept.values()) / self.total
+
+
+def test_a_tightened_plan_keeps_the_allocation_and_is_predicted_just_under_the_goal() -> None:
+    space = make_space("small_cnn", 8)
+    ctx = SearchContext(space, Budget("latency_ms", 5.0, 10.0), 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+    widths = [d.name for d in space.dimensions]
+    plan = {n: r for n, r in zip(widths, (0.0, 0.25, 0.5), strict=False)}
+    before = ctx.predicted_latency_ratio(plan)
+    out = tightened_ratios(ctx, plan, 0.8)
+    assert out is not None
+    assert 0.7 * before < ctx.predicted_latency_ratio(out) <= 0.8 * before  # just under: one round of units
+    kept, tight = space.kept_for(plan), space.kept_for(out)
+    assert all(tight[n] <= kept[n] for n in kept) and tight != kept
+    share = {n: kept[n] / space.dimension(n).units for n in kept}
+    tight_share = {n: tight[n] / space.dimension(n).units for n in tight}
+    assert all(tight_share[a] >= tight_share[b] for a in kept for b in kept if share[a] > share[b])  # same order
+    assert tightened_ratios(ctx, plan, 0.01) is None  # no plan is that fast
+    assert tightened_ratios(replace(ctx, lut=None), plan, 0.8) is None
+
+
+def test_a_contender_that_misses_its_re_timing_is_tightened_instead_of_falling_far() -> None:
+    """The edge plan (0.90) re-times over the budget; the other measured plan that met is far smaller
+    (0.50). The tightened edge plan scores between them, is re-timed, holds, and is returned."""
+    space = make_space("small_cnn", 8)
+    budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
+    ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+    edge = {d.name: 0.5 for d in space.dimensions}
+    small = {d.name: 0.9 for d in space.dimensions}
+    ranked = [Contender("search", replace(evaluation(1, 0.90, 0.49), candidate=Candidate(1, edge))),
+              Contender("baseline:global", replace(evaluation(2, 0.50, 0.21), candidate=Candidate(2, small)))]
+    asked: list[Candidate] = []
+    # the pipeline's scorer: this process, no meter (a tightened plan is scored, then re-timed fresh)
+    scorer = LocalEvaluator(space, synthetic_splits(1, 8), budget, AccuracyRecipe(recalibration_batches=1), None,
+                            ctx.lut)  # type: ignore[arg-type]
+
+    def evaluate(cands: list[Candidate]) -> list[Evaluation]:
+        asked.extend(cands)
+        return [replace(e, val_acc=0.85) for e in scorer(cands)]  # between the two contenders
+
+    def retime(e: Evaluation) -> Timed:
+        r = {1: 0.53, 2: 0.21}.get(e.candidate.id, ctx.predicted_latency_ratio(e.candidate.ratios))
+        return Timed(r, r - 0.01, r + 0.01)
+
+    choice = choose(ranked, budget, retime, lambda event: None, tightener(ctx, evaluate, steps=0))
+    (t,) = asked
+    assert t.latency == "none" and t.short_steps is None and t.tag["tightened_from"] == 1
+    assert ctx.predicted_latency_ratio(t.ratios) <= ctx.predicted_latency_ratio(edge) * TIGHTEN_AIM * 0.5 / 0.53
+    assert choice.contender.source == "search, tightened" and choice.verdict == "met"
+    assert [a["verdict"] for a in choice.attempts] == ["missed", "met"]
+    # without the fallback, the far smaller plan is what the job would return
+    assert choose(ranked, budget, retime, lambda event: None).contender.source == "baseline:global"
 
 
 def test_refine_reranks_the_leaders_on_the_short_fine_tune_score() -> None:
