@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from agents.base import Agent, Candidate, Evaluation, SearchContext
-from search_spaces.space import Dimension
+from search_spaces.layers import Dimension
 
 VARIANT_PATTERN = r"^(?P<kind>uniform|sensitivity|taylor|magnitude)(\^(?P<power>[0-9]*\.?[0-9]+))?$"
 VARIANT = re.compile(VARIANT_PATTERN)

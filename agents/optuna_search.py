@@ -20,7 +20,8 @@ Design choices, and why:
   has no accuracy. Such a trial is told PRUNED (it was stopped before accuracy was measured) with a
   positive constraint, never given an invented accuracy.
 * Trial 0 is the uniform plan that just meets the budget (bisection on the cheap prediction), so
-  the search starts from the baseline and can only improve on it.
+  the search starts from the baseline and can only improve on it. It (and a warm start) is measured
+  even where the table rules it out, so a wrong table is corrected before it filters the rest.
 * A plan is evaluated once. Continuous ratios round to kept-channel counts, so two trials often name
   the same network; a repeat is told its plan's result (at once, or when a pending first trial of
   that plan is observed) and another trial is asked in its place, so `trials` counts distinct plans.
@@ -200,7 +201,10 @@ class OptunaAgent(Agent):
                 continue
             self._asked += 1
             predicted = self._predict(ratios)
-            over = predicted is not None and predicted > self.prefilter_limit
+            # the anchors (the uniform plan, a warm start) are measured whatever the table says: a table that
+            # rules them out may be wrong, and one timing corrects it (`SearchContext.record`)
+            anchor = trial.user_attrs.get("plan") is not None
+            over = predicted is not None and predicted > self.prefilter_limit and not anchor
             latency: LatencyMode = "none"
             if self.ctx.budget.measured:
                 latency = "lut" if over else "measured"

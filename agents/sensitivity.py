@@ -18,7 +18,7 @@ from itertools import pairwise
 from typing import Any
 
 from agents.base import Agent, Candidate, Evaluation, SearchContext
-from search_spaces.space import Dimension
+from search_spaces.layers import Dimension
 
 MAX_CONFIRMATIONS = 4
 

@@ -35,7 +35,8 @@ from torch import nn
 
 from measurement.latency import LatencyMeter
 from search_spaces.kinds import WIDTH
-from search_spaces.space import LayerInfo, PruningSpace
+from search_spaces.layers import LayerInfo
+from search_spaces.space import PruningSpace
 
 GRID_POINTS = 16  # per channel axis
 SCALE_BOUNDS = (0.25, 4.0)  # a fitted savings scale outside this says the pairs are noise, not a model error

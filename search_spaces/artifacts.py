@@ -10,11 +10,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from search_spaces.kinds import SPARSE
+from search_spaces.kinds import GRANULARITIES, RULES, SPARSE
 from search_spaces.plan import Plan
 from search_spaces.space import PruningSpace
 from search_spaces.sparse_format import save_sparse
@@ -42,16 +43,15 @@ def save_pruned(out: str | Path, model: nn.Module, plan: Plan) -> dict[str, int]
 
 def space_for(base: nn.Module, plan: Plan) -> PruningSpace:
     """A space over `base` with the plan's kinds of dimension, enough to rebuild its structure."""
-    granularities = {g.granularity for g in plan.groups}
-    kinds = sorted({"channel" if g == "head" else g for g in granularities})
-    sparse = bool(granularities & set(SPARSE))
-    nm = (2, 4)
-    if "nm" in granularities:
-        m = plan.groups[0].units
-        nm = (min((g.kept for g in plan.groups if g.kept < m), default=m // 2), m)
+    kinds = sorted({GRANULARITIES[g.granularity].kind for g in plan.groups})
+    sparse = any(RULES[k].sparse for k in kinds)
+    settings: dict[str, Any] = {}
+    for kind in kinds:
+        groups = [g for g in plan.groups if GRANULARITIES[g.granularity].kind == kind]
+        settings |= RULES[kind].settings_from_plan(groups)
     return PruningSpace(base, plan.model, criterion="magnitude" if sparse else "l1", round_to=plan.round_to,
-                        max_ratio=0.999, keep_layers=plan.keep_layers, kinds=kinds, nm=nm,
-                        exclude=plan.excluded)
+                        max_ratio=0.999, keep_layers=plan.keep_layers, kinds=kinds, exclude=plan.excluded,
+                        **settings)
 
 
 def load_pruned(folder: str | Path, factories: Mapping[str, str] | None = None) -> tuple[nn.Module, Plan]:

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from search_spaces.criteria import Batches
+from search_spaces.layers import LayerError, SpaceError
 from search_spaces.plan import ModelIdentity
-from search_spaces.space import Dimension, LayerError, PruningSpace, SpaceError
+from search_spaces.space import PruningSpace
 
 MAX_ROUNDS = 8  # exclusion rounds; each round excludes at least one layer
 
@@ -110,11 +111,6 @@ def _check_searchable(space: PruningSpace, round_to: int, max_ratio: float) -> N
                          f"{widest.name!r}, has {widest.units} units); set a larger max_ratio", [widest.name])
 
 
-def _layer_of(d: Dimension) -> str:
-    """The layer to exclude for a dimension: its root (a head dimension's fused qkv projection)."""
-    return d.members[0] if d.granularity == "head" else d.name
-
-
 def _failures(space: PruningSpace, batch: torch.Tensor, want: tuple[int, ...]) -> dict[str, str]:
     """{layer: reason} to exclude; raises for a failure a spec field causes."""
     smallest = space.smallest()
@@ -129,11 +125,11 @@ def _failures(space: PruningSpace, batch: torch.Tensor, want: tuple[int, ...]) -
         at_max = _run(space, {name: smallest[name]}, batch, want)
         at_mid = None if d.binary else _run(space, {name: middle[name]}, batch, want)
         if at_mid is not None or (d.binary and at_max is not None):
-            found[_layer_of(d)] = f"the pruned model fails: {at_mid or at_max}"
+            found[d.root] = f"the pruned model fails: {at_mid or at_max}"
         elif at_max is not None:
             raise PreflightError("max_ratio", f"pruning {name!r} to {d.min_kept} of its {d.units} units (ratio "
                                  f"{d.max_ratio:.3g}) fails ({at_max}) while ratio {middle[name]:.3g} works; lower "
-                                 f"max_ratio or add {_layer_of(d)!r} to keep_layers", [name])
+                                 f"max_ratio or add {d.root!r} to keep_layers", [name])
         else:
             together.append(name)
     if not found:  # only a combination fails, with no single layer to blame

@@ -9,6 +9,7 @@ flattening of a Conv/Linear weight), the layout PyTorch's semi-structured (2:4) 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +18,24 @@ from torch.nn.utils import prune
 
 from search_spaces.criteria import Batches
 from search_spaces.kinds import WEIGHT_ONLY_CRITERIA
+from search_spaces.layers import LayerInfo, output_layer
+
+if TYPE_CHECKING:
+    from search_spaces.space import PruningSpace
 
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight dim 0 is the output (not ConvTranspose)
 _OBD_CHUNK_ELEMENTS = 1 << 25  # per-sample gradients held at once (x4 bytes for fp32): bounds OBD memory
 
 
 # ---------------------------------------------------------------- scores
+
+
+def maskable_layers(space: PruningSpace, model: nn.Module) -> list[LayerInfo]:
+    """The conv/linear layers a fine-grained kind may mask: all but the classifier, `keep_layers` and
+    the excluded ones."""
+    head = output_layer(model, space.example)
+    skip = {*space.keep_layers, *space.excluded, *(n for n, m in model.named_modules() if m is head)}
+    return [layer for layer in space.layers if layer.name not in skip]
 
 
 def weight_scores(

@@ -27,11 +27,11 @@ from agents.budget import BudgetUnreachableError
 from measurement.runtimes import RuntimeUnavailableError
 from search_spaces.criteria import UnknownCriterionError
 from search_spaces.datasets import DatasetError, available_datasets, load_dataset
+from search_spaces.layers import SpaceError
 from search_spaces.plan import PlanMismatchError
-from search_spaces.space import SpaceError
 from search_spaces.weights import WeightsError, save_weights
 from search_spaces.zoo import UnknownModelError, available_models, build_model
-from service.client import ApiError, ServerUnreachableError
+from service.client import ApiError, ServerUnreachableError, add_connection_options
 from service.config import RayUnavailableError, Settings
 from service.progress import EventBars, configure_logging
 from service.spec import DatasetSpec, JobSpec, ModelSpec, SpecError
@@ -392,10 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--server", default=None, help="default: $PRUNESEARCH_SERVER or http://127.0.0.1:8000")
-        p.add_argument("--token", default=None, help="default: $PRUNESEARCH_TOKEN")
-        return p
+        return add_connection_options(sub.add_parser(name, help=help_text))
 
     submit = client_parser("submit", "submit a job file to the server")
     submit.add_argument("job", help="job file (YAML or JSON)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -12,6 +13,13 @@ from typing import Any
 import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--server` and `--token`, which every command that talks to the server takes (read by `Client`)."""
+    parser.add_argument("--server", default=None, help=f"default: $PRUNESEARCH_SERVER or {DEFAULT_SERVER}")
+    parser.add_argument("--token", default=None, help="default: $PRUNESEARCH_TOKEN")
+    return parser
 
 
 class ApiError(RuntimeError):

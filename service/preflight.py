@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from search_spaces.datasets import available_datasets, missing_files
+from search_spaces.layers import SpaceError
 from search_spaces.plan import ModelIdentity
 from search_spaces.preflight import PreflightError, checked_space
-from search_spaces.space import PruningSpace, SpaceError
+from search_spaces.space import PruningSpace
 from search_spaces.weights import WeightsError, load_into, read_state_dict
 from search_spaces.zoo import UnknownModelError, available_models, build_model
 from service.config import Settings

@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agents.strategies import BisectionStrategy, StrategySpec, Strict
-from search_spaces.kinds import ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
+from search_spaces.kinds import SPACE_KINDS, ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
 
 Criterion = Literal[ChannelCriterion, WeightCriterion]
 RuntimeName = Literal["eager", "torchscript", "onnxruntime"]
@@ -140,7 +140,7 @@ class JobSpec(Strict):
     criterion: Criterion = Field("l1", description="channels: l1, l2, bn_scale, taylor, hessian, fpgm, lamp, random, "
                                  "activation; single weights (unstructured, nm): l1 = magnitude, wanda, obd")
     dimensions: list[SpaceKind] = Field(
-        default_factory=lambda: list[SpaceKind](["channel"]), min_length=1, max_length=4,
+        default_factory=lambda: list[SpaceKind](["channel"]), min_length=1, max_length=len(SPACE_KINDS),
         description="what the search may remove: channel (channel groups and attention heads), block (residual "
                     "blocks, whole), unstructured (single weights; params budget), nm (N:M per layer; params budget); "
                     "channel and block combine, the fine-grained kinds stand alone")

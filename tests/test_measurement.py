@@ -140,6 +140,21 @@ def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     assert again.breakdown(half) == table.breakdown(half)
 
 
+def test_a_base_timed_slow_does_not_set_the_table_s_constant(tmp_path: Path) -> None:
+    """The job's table is fitted to the faster of the base-latency phase's timing and one taken right after
+    the layers: a base timed 5x slow (a busy machine) would otherwise become a constant under every plan."""
+    from service.pipeline import build_lut
+    from tests.conftest import macs_timer
+
+    space = make_space("small_cnn", 8)
+    meter = LatencyMeter(FAST, timer=macs_timer)
+    true_ms = meter.measure(space.base, meter.example(1, 8), repeats=3).median_ms
+    slow = build_lut(space, meter, 5 * true_ms, tmp_path, lambda event: None)
+    right = build_lut(space, meter, true_ms, tmp_path, lambda event: None)
+    assert slow.overhead_ms == right.overhead_ms and slow.layer_scale == right.layer_scale
+    assert slow.predict({d.name: d.units for d in space.dimensions}) == pytest.approx(true_ms)
+
+
 def test_bn_recalibration_recovers_pruned_accuracy_statistics() -> None:
     data = synthetic_splits(1, 8)
     space = make_space("small_cnn", 8)

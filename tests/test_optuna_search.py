@@ -110,6 +110,21 @@ def test_uniform_plan_is_trial_zero_and_meets_budget(space: PruningSpace, tmp_pa
     assert [e["number"] for e in events if e["type"] == "trial"] == [0, 1, 2]
 
 
+def test_a_table_that_rules_out_every_plan_still_gets_its_anchor_measured(space: PruningSpace) -> None:
+    """A latency budget the table says no plan meets (a base timed slow makes it say so): trial 0, the
+    uniform anchor, is timed all the same, so the table is corrected by one measurement instead of
+    filtering every trial on its word; the other trials stay table-only."""
+    events: list[dict[str, Any]] = []
+    ctx = context(space, "latency_ms", None, events)
+    ctx = SearchContext(space, Budget("latency_ms", 0.2, 10.0), 0, emit=events.append, lut=ctx.lut)  # 0.02x
+    agent = OptunaAgent(ctx, trials=4, parallel=2)
+    outcome = run_search(agent, FakeEvaluator(ctx), events.append)
+    first, *rest = outcome.history
+    assert first.candidate.tag["trial"] == 0 and agent.study.trials[0].user_attrs["plan"] == "uniform"
+    assert first.candidate.latency == "measured" and first.candidate.accuracy and first.latency_source == "measured"
+    assert rest and all(e.candidate.latency == "lut" and not e.candidate.accuracy for e in rest)
+
+
 @pytest.mark.parametrize("metric", ["flops", "latency_ms"])
 def test_tpe_best_is_feasible_and_the_most_accurate_feasible(space: PruningSpace, metric: str) -> None:
     agent, outcome, _, events = fake_search(space, metric, trials=16, parallel=2)

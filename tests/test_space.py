@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from search_spaces.kinds import DATA_DRIVEN, DATA_FREE
-from search_spaces.space import PruningSpace, SpaceError, describe_layers
+from search_spaces.layers import SpaceError, describe_layers
+from search_spaces.space import PruningSpace
 from search_spaces.zoo import build_model
 from tests.conftest import identity, make_space, synthetic_splits, trained_like
 

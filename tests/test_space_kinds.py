@@ -25,8 +25,9 @@ from agents.registry import AGENTS, make_agent
 from search_spaces import sparsity
 from search_spaces.artifacts import SPARSE_WEIGHTS_FILE, WEIGHTS_FILE, load_pruned, save_pruned
 from search_spaces.datasets import DataSplits
+from search_spaces.layers import SpaceError, count_cost
 from search_spaces.plan import ModelIdentity
-from search_spaces.space import PruningSpace, SpaceError, count_cost
+from search_spaces.space import PruningSpace
 from search_spaces.sparse_format import load_sparse
 from search_spaces.zoo import build_model
 from search_spaces.zoo.resnet_cifar import BasicBlock, CifarResNet

@@ -19,9 +19,10 @@ from torch import nn
 
 from search_spaces.artifacts import export_onnx, load_pruned, save_pruned
 from search_spaces.kinds import WIDTH
+from search_spaces.layers import count_cost
 from search_spaces.plan import ModelIdentity
 from search_spaces.preflight import checked_space
-from search_spaces.space import PruningSpace, count_cost
+from search_spaces.space import PruningSpace
 from search_spaces.zoo import build_model
 from tests.conftest import trained_like
 

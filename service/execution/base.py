@@ -3,15 +3,15 @@
 A job does two kinds of work. Timings (base latency, the lookup table, every candidate's ratio, the
 fresh-process re-time) must run on the target device and nowhere else; accuracy can run anywhere.
 `Execution.time` runs a timing function where the job's candidates are timed, `evaluator` opens the
-evaluator the search calls, `stop` ends whatever is running at its next poll (raising
-`EvaluationCancelled`), and `close` shuts down what the evaluators started. The pipeline never asks
-which backend it has.
+evaluator the search calls, and `close` shuts down what the evaluators started. Stopping is the
+caller's `should_stop` flag (a cancel request), passed through to everything that runs: each backend
+polls it between and during its work and raises `EvaluationCancelled`. The pipeline never asks which
+backend it has.
 """
 
 from __future__ import annotations
 
 import abc
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,16 +38,12 @@ class Execution(abc.ABC):
 
     def __init__(self, meter: LatencyMeter, should_stop: StopFn | None = None) -> None:
         self.meter = meter
-        self._stopped = threading.Event()
         self._asked_to_stop = should_stop
         self._open: list[Any] = []
 
     def should_stop(self) -> bool:
-        """Polled by running work: `stop()` was called, or the caller's own flag (a cancel request) is up."""
-        return self._stopped.is_set() or (self._asked_to_stop is not None and self._asked_to_stop())
-
-    def stop(self) -> None:
-        self._stopped.set()
+        """Polled by running work: the caller's flag (a cancel request) is up."""
+        return self._asked_to_stop is not None and self._asked_to_stop()
 
     @abc.abstractmethod
     def time(self, fn: Callable[..., T], *args: Any) -> tuple[T, str]:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from service.client import add_connection_options
 from service.spec import SpecError
 
 
@@ -112,10 +113,7 @@ def add_commands(sub: Any) -> None:
     actions = schedule.add_subparsers(dest="action", required=True)
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=help_text)
-        p.add_argument("--server", default=None, help="default: $PRUNESEARCH_SERVER or http://127.0.0.1:8000")
-        p.add_argument("--token", default=None, help="default: $PRUNESEARCH_TOKEN")
-        return p
+        return add_connection_options(actions.add_parser(name, help=help_text))
 
     add = action("add", "create a schedule")
     add.add_argument("name")

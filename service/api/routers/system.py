@@ -20,9 +20,9 @@ from search_spaces.kinds import (
     SpaceKind,
     criteria_for,
 )
+from search_spaces.layers import SpaceError
 from search_spaces.plan import ModelIdentity
 from search_spaces.preflight import checked_space
-from search_spaces.space import SpaceError
 from search_spaces.zoo import UnknownModelError, available_models, build_model
 from service.api import examples
 from service.api.deps import Reader, SettingsDep, StoreDep
