@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from search_spaces.kinds import DATA_FREE
+from search_spaces.criterion_names import DATA_FREE
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

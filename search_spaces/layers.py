@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from search_spaces import kinds
+from search_spaces.space_kinds.base import GRANULARITIES
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -77,7 +77,7 @@ class Dimension:
 
     @property
     def binary(self) -> bool:
-        return kinds.GRANULARITIES[self.granularity].binary
+        return GRANULARITIES[self.granularity].binary
 
     @property
     def max_ratio(self) -> float:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from search_spaces.criteria import Batches
-from search_spaces.kinds import WEIGHT_ONLY_CRITERIA
+from search_spaces.criterion_names import WEIGHT_ONLY_CRITERIA
 from search_spaces.layers import LayerInfo, output_layer
 
 if TYPE_CHECKING:

@@ -47,9 +47,14 @@ def is_live(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test `unit` or `live`, so a change can be checked fast (`-m unit`) before `make test`."""
+    """Mark every test `live`, `slow` or `unit`, so a change can be checked fast (`-m unit`) before `make
+    test`. `slow` is marked by hand where a test runs whole searches, jobs or CLI subprocesses (seconds
+    each); `live` is found as above; the rest are `unit`."""
     for item in items:
-        item.add_marker(pytest.mark.live if is_live(item) else pytest.mark.unit)
+        if is_live(item):
+            item.add_marker(pytest.mark.live)
+        elif item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 PG_URL = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

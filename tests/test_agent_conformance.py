@@ -22,6 +22,8 @@ from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import FAST_STRATEGIES as FAST
 from tests.conftest import macs_timer, make_space, synthetic_splits
 
+pytestmark = pytest.mark.slow  # every strategy runs small searches
+
 MAX_EVALUATIONS = 200
 
 

@@ -18,6 +18,8 @@ from service.pipeline import run_job
 from service.spec import parse_spec
 from tests.conftest import job_dict
 
+pytestmark = pytest.mark.slow  # whole jobs, in process and through the CLI in a subprocess
+
 
 def write_job(path: Path, **overrides: object) -> Path:
     path.write_text(yaml.safe_dump(job_dict(**overrides)))

@@ -22,6 +22,7 @@ from tests.test_server import wait_for
 ARTIFACT_FS_BYTES = 16 * 1024  # room for the job folder and job.json, not for the weights, ONNX and reports
 
 
+@pytest.mark.slow
 def test_serve_with_unreachable_database_exits_with_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port()),

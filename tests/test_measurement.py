@@ -117,6 +117,7 @@ def test_moving_to_the_timing_device_leaves_the_callers_model_in_place() -> None
     space.cost(space.uniform(0.5))  # still traceable on the CPU example
 
 
+@pytest.mark.slow
 def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     space = make_space("resnet20", 8)
     meter = LatencyMeter(FAST)
@@ -140,6 +141,7 @@ def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     assert again.breakdown(half) == table.breakdown(half)
 
 
+@pytest.mark.slow
 def test_a_base_timed_slow_does_not_set_the_table_s_constant(tmp_path: Path) -> None:
     """The job's table is fitted to the faster of the base-latency phase's timing and one taken right after
     the layers: a base timed 5x slow (a busy machine) would otherwise become a constant under every plan."""

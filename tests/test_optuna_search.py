@@ -23,6 +23,8 @@ from search_spaces.space import PruningSpace
 from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import make_space, synthetic_splits
 
+pytestmark = pytest.mark.slow  # Optuna studies, searched end to end
+
 SLOWDOWN = 1.08  # measured latency is slower than the table predicts, as on real devices
 
 

@@ -316,6 +316,7 @@ def test_empty_folder_and_path_outside_roots_are_recorded(rt: Runtime, tmp_path:
     assert refused is not None and refused.status == "failed" and "outside the allowed" in (refused.reason or "")
 
 
+@pytest.mark.slow
 def test_missed_fires_follow_the_policy(rt: Runtime) -> None:
     """A scheduler stops before a fire time and another starts after it: run_once runs it late once
     (within grace), skip records it as missed."""

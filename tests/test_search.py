@@ -12,6 +12,7 @@ from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from tests.conftest import make_space, synthetic_splits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent_cls", [UniformAgent, GlobalAgent])
 @pytest.mark.parametrize("metric", ["flops", "params"])
 def test_budget_met_within_one_rounding_step(agent_cls: type[UniformAgent], metric: str) -> None:

@@ -97,6 +97,7 @@ def test_tokens_are_compared_in_constant_time_against_every_configured_one(monke
     assert deps._match("nope", dict(tokens)) is None and len(calls) == 6
 
 
+@pytest.mark.slow
 def test_no_tokens_refuses_to_bind_beyond_loopback(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNESEARCH_")}
     proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port",

@@ -110,6 +110,22 @@ def depth_space() -> PruningSpace:
 
 # -- 1. residual blocks (ResNet-20) ---------------------------------------------------------------
 
+def test_each_kind_is_one_registered_module_and_its_name_is_declared_once() -> None:
+    """The registry the spec, catalog and pruning code read: one `SpaceKindRules` per kind, each in the
+    module named after it, every granularity found by a registered kind; a second declaration is refused."""
+    from typing import get_args
+
+    from search_spaces.kinds import GRANULARITIES, RULES, SPACE_KINDS, SpaceKind
+    from search_spaces.space_kinds.base import GranularityInfo, SpaceKindRules
+
+    assert set(SPACE_KINDS) == set(RULES) == set(get_args(SpaceKind))
+    assert all(type(rules).__module__ == f"search_spaces.space_kinds.{name}" for name, rules in RULES.items())
+    assert {info.kind for info in GRANULARITIES.values()} == set(SPACE_KINDS)
+    with pytest.raises(TypeError, match="declared twice"):
+        type("Again", (SpaceKindRules,), {"name": "block", "order": 9, "granularities": {"block": GranularityInfo("x")}})
+    assert RULES["block"].granularities["block"].unit == "block"
+
+
 def test_resnet20_has_one_binary_block_dimension_per_identity_block(depth_space: PruningSpace) -> None:
     blocks = [d for d in depth_space.dimensions if d.granularity == "block"]
     assert tuple(d.name for d in blocks) == RESNET20_BLOCKS
@@ -478,6 +494,7 @@ def block_ratios(history: list[Evaluation], space: PruningSpace) -> set[float]:
     return {r for e in history for n, r in e.candidate.ratios.items() if space.dimension(n).binary}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_agents_search_channels_and_blocks(name: str, resnet8_depth: PruningSpace, data8: DataSplits,
                                            tmp_path: Path) -> None:
@@ -500,6 +517,7 @@ def test_agents_search_channels_and_blocks(name: str, resnet8_depth: PruningSpac
                                                                                for r in scans)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_agents_search_unstructured_sparsity(name: str, data8: DataSplits, tmp_path: Path) -> None:
     space = sparse_space("l1")
@@ -524,6 +542,7 @@ def test_global_refuses_a_space_of_on_off_dimensions(kinds: tuple[str, ...]) -> 
 
 # -- 7. one job end to end ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unstructured_job_end_to_end(tmp_path: Path) -> None:
     spec = parse_spec(job_dict(dimensions=["unstructured"], budget=PARAMS, strategy={"name": "uniform", "steps": 5}))
     result = run_job(spec, tmp_path)
@@ -544,6 +563,7 @@ def test_unstructured_job_end_to_end(tmp_path: Path) -> None:
     assert same_outputs(loaded, result.model, torch.randn(3, 1, 8, 8))
 
 
+@pytest.mark.slow
 def test_nm_job_reports_the_pattern_and_that_it_is_not_accelerated(tmp_path: Path) -> None:
     spec = parse_spec(job_dict(dimensions=["nm"], budget={"metric": "params", "target": 0.6},
                                strategy={"name": "sensitivity", "ratios": [0.5], "threshold_steps": 6}))

@@ -37,6 +37,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 # -- CLI ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_version_and_help_texts_show_choices_and_defaults() -> None:
     version = cli("--version")
     assert version.returncode == 0 and re.fullmatch(r"prunesearch \d+\.\d+\.\d+\S*\n", version.stdout)
@@ -60,6 +61,7 @@ def test_train_on_digits_with_default_val_size(tmp_path: Path) -> None:
     assert meta["dataset"]["val_size"] == 143  # 10% of the 1,438 images left after the test split
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_named_with_a_distinct_exit_code() -> None:
     proc = cli("list", "--server", "http://127.0.0.1:9")  # nothing listens on the discard port
     assert proc.returncode == 3, proc.stderr
@@ -138,6 +140,7 @@ bars({"type": "phase", "phase": "search", "state": "end", "seconds": 1})
 """
 
 
+@pytest.mark.slow
 def test_log_lines_never_glue_onto_a_bar() -> None:
     err = subprocess.run([sys.executable, "-c", GLUE_PROBE], capture_output=True, text=True, timeout=60).stderr
     for probe in ("glue.probe", "stdlib.probe", "phase.done"):
@@ -166,6 +169,7 @@ print(*(logging.getLogger(n).isEnabledFor(logging.WARNING) for n in ("httpx", "h
 """
 
 
+@pytest.mark.slow
 def test_noisy_library_loggers_are_quiet() -> None:
     """Fresh process, as the CLI starts: httpx/httpcore (every request) and alembic (plugin lines) stay
     below INFO, warnings still pass, our own INFO logs still show."""

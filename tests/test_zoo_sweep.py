@@ -26,6 +26,8 @@ from search_spaces.space import PruningSpace
 from search_spaces.zoo import build_model
 from tests.conftest import trained_like
 
+pytestmark = pytest.mark.slow  # every architecture pruned, rebuilt and exported
+
 IN_CHANNELS, SIZE, CLASSES = 3, 8, 5
 
 

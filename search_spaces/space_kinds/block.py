@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from search_spaces.depth import block_layers, bypassable_blocks, drop_blocks
-from search_spaces.kinds import GranularityInfo, SpaceKindRules
 from search_spaces.layers import Dimension
+from search_spaces.space_kinds.base import GranularityInfo, SpaceKindRules
 
 if TYPE_CHECKING:
     from search_spaces.space import PruningSpace

@@ -14,8 +14,8 @@ from torch import nn
 
 from search_spaces.coupling import Coupling, build_graph, grouped_indices, searchable_groups
 from search_spaces.criteria import prepare_scorer
-from search_spaces.kinds import GranularityInfo, SpaceKindRules
 from search_spaces.layers import PRUNABLE, Dimension, LayerError, SpaceError, output_layer
+from search_spaces.space_kinds.base import GranularityInfo, SpaceKindRules
 
 if TYPE_CHECKING:
     from search_spaces.space import PruningSpace

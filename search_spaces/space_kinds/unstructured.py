@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from search_spaces import sparsity
-from search_spaces.kinds import GranularityInfo, SpaceKindRules
 from search_spaces.layers import Dimension
+from search_spaces.space_kinds.base import GranularityInfo, SpaceKindRules
 
 if TYPE_CHECKING:
     from search_spaces.space import PruningSpace
