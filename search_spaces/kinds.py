@@ -30,7 +30,7 @@ from search_spaces.space_kinds.base import GRANULARITIES as _REGISTERED
 from search_spaces.space_kinds.base import RULES, GranularityInfo, SpaceKindRules
 
 __all__ = [
-    "CHANNEL_CRITERIA", "DATA_DRIVEN", "DATA_FREE", "GRANULARITIES", "NEEDS_DATA", "RULES", "SPACE_KINDS",
+    "CHANNEL_CRITERIA", "DATA_DRIVEN", "DATA_FREE", "GRANULARITIES", "KINDS", "NEEDS_DATA", "RULES", "SPACE_KINDS",
     "SPARSE", "SPARSE_CRITERIA", "WEIGHT_ONLY_CRITERIA", "WIDTH", "ChannelCriterion", "Granularity", "GranularityInfo",
     "KindError", "SpaceKind", "SpaceKindRules", "WeightCriterion", "check_kinds", "criteria_for", "rules_of"]
 

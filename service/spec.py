@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agents.strategies import BisectionStrategy, StrategySpec, Strict
-from search_spaces.kinds import SPACE_KINDS, ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
+from search_spaces.kinds import KINDS, SPACE_KINDS, ChannelCriterion, KindError, SpaceKind, WeightCriterion, check_kinds
 
 Criterion = Literal[ChannelCriterion, WeightCriterion]
 RuntimeName = Literal["eager", "torchscript", "onnxruntime"]
@@ -141,9 +141,8 @@ class JobSpec(Strict):
                                  "activation; single weights (unstructured, nm): l1 = magnitude, wanda, obd")
     dimensions: list[SpaceKind] = Field(
         default_factory=lambda: list[SpaceKind](["channel"]), min_length=1, max_length=len(SPACE_KINDS),
-        description="what the search may remove: channel (channel groups and attention heads), block (residual "
-                    "blocks, whole), unstructured (single weights; params budget), nm (N:M per layer; params budget); "
-                    "channel and block combine, the fine-grained kinds stand alone")
+        description="what the search may remove: " + ", ".join(f"{r.name} ({r.summary})" for r in KINDS)
+                    + "; channel and block combine, the fine-grained kinds stand alone")
     nm: str = Field("2:4", pattern=r"^[1-9][0-9]?:[1-9][0-9]?$", description="N:M pattern of nm dimensions")
     round_to: int = Field(1, ge=1, le=1024)
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")

@@ -122,7 +122,8 @@ def test_each_kind_is_one_registered_module_and_its_name_is_declared_once() -> N
     assert all(type(rules).__module__ == f"search_spaces.space_kinds.{name}" for name, rules in RULES.items())
     assert {info.kind for info in GRANULARITIES.values()} == set(SPACE_KINDS)
     with pytest.raises(TypeError, match="declared twice"):
-        type("Again", (SpaceKindRules,), {"name": "block", "order": 9, "granularities": {"block": GranularityInfo("x")}})
+        type("Again", (SpaceKindRules,), {"name": "block", "order": 9,
+                                          "granularities": {"block": GranularityInfo("x")}})
     assert RULES["block"].granularities["block"].unit == "block"
 
 

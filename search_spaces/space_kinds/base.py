@@ -43,6 +43,7 @@ class SpaceKindRules:
     space. Kinds change a model in `order` (widths, then depth, then masks)."""
 
     name: ClassVar[str]
+    summary: ClassVar[str]  # what a job that names this kind lets the search remove
     order: ClassVar[int]
     granularities: ClassVar[dict[str, GranularityInfo]]
 

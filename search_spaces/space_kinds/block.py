@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 class BlockKind(SpaceKindRules):
     name = "block"
+    summary = "residual blocks, whole"
     order = 1  # after the widths: a dropped block takes its (pruned) layers with it
     granularities: ClassVar[dict[str, GranularityInfo]] = {"block": GranularityInfo("block", binary=True)}
 

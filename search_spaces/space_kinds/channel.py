@@ -48,6 +48,7 @@ def groups_of(space: PruningSpace, model: nn.Module) -> tuple[tp.DependencyGraph
 
 class ChannelKind(SpaceKindRules):
     name = "channel"
+    summary = "channel groups and attention heads"
     order = 0
     granularities: ClassVar[dict[str, GranularityInfo]] = {"channel": GranularityInfo("channels", width=True),
                      "head": GranularityInfo("heads", width=True)}  # an attention module's fused qkv group

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class NMKind(SpaceKindRules):
     name = "nm"
+    summary = "N:M per layer; params budget"
     order = 3
     granularities: ClassVar[dict[str, GranularityInfo]] = {"nm": GranularityInfo("of M", binary=True, sparse=True)}
 

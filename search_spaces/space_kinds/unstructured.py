@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class UnstructuredKind(SpaceKindRules):
     name = "unstructured"
+    summary = "single weights; params budget"
     order = 2
     granularities: ClassVar[dict[str, GranularityInfo]] = {"unstructured": GranularityInfo("weights", sparse=True)}
 
