@@ -50,8 +50,10 @@ class ChannelKind(SpaceKindRules):
     name = "channel"
     summary = "channel groups and attention heads"
     order = 0
-    granularities: ClassVar[dict[str, GranularityInfo]] = {"channel": GranularityInfo("channels", width=True),
-                     "head": GranularityInfo("heads", width=True)}  # an attention module's fused qkv group
+    granularities: ClassVar[dict[str, GranularityInfo]] = {
+        "channel": GranularityInfo("channels", width=True),
+        "head": GranularityInfo("heads", width=True),  # an attention module's fused qkv group
+    }
 
     def find(self, space: PruningSpace, model: nn.Module, max_ratio: float) -> list[Dimension]:
         info = {layer.name: layer for layer in space.layers}
