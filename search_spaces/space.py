@@ -176,7 +176,7 @@ class PruningSpace:
         if self._scores is None:
             scores: dict[str, torch.Tensor] = {}
             for rules in self.rules:
-                scores |= rules.importance(self, copy.deepcopy(self.base))
+                scores |= rules.importance(self)
             self._scores = scores
         return self._scores
 
@@ -186,7 +186,7 @@ class PruningSpace:
         across groups needs (HALP). `how`: taylor or magnitude (see the channel kind)."""
         scores: dict[str, torch.Tensor] = {}
         for rules in self.rules:
-            scores |= rules.unit_importance(self, copy.deepcopy(self.base), how)
+            scores |= rules.unit_importance(self, how)
         return scores
 
     def count(self, model: nn.Module) -> tuple[int, int]:

@@ -71,11 +71,11 @@ class SpaceKindRules:
         """The keep-mask of one of this kind's dimensions' weights (fine-grained kinds)."""
         raise NotImplementedError(f"{self.name} dimensions are not masks")
 
-    def importance(self, space: PruningSpace, model: nn.Module) -> dict[str, torch.Tensor]:
+    def importance(self, space: PruningSpace) -> dict[str, torch.Tensor]:
         """Per-unit importance of this kind's dimensions on the base, for one global ranking (none: not ranked)."""
         return {}
 
-    def unit_importance(self, space: PruningSpace, model: nn.Module, how: str) -> dict[str, torch.Tensor]:
+    def unit_importance(self, space: PruningSpace, how: str) -> dict[str, torch.Tensor]:
         """Per-unit importance that compares across dimensions (HALP's allocation); none if not allocated so."""
         return {}
 

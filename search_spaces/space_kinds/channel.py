@@ -4,6 +4,7 @@ module is counted in heads (`head`) and removed a whole head at a time."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -89,7 +90,7 @@ class ChannelKind(SpaceKindRules):
         return dims
 
     def restructure(self, space: PruningSpace, model: nn.Module, kept: dict[str, int], by_importance: bool) -> None:
-        mine = {d.root: d for d in space.dimensions if d.granularity in self.granularities}
+        mine = self._by_root(space)
         shrinking = [d for d in mine.values() if kept[d.name] < d.units]
         if not shrinking:
             return
@@ -131,17 +132,19 @@ class ChannelKind(SpaceKindRules):
                 proj = modules[dim.consumers[0]]
                 proj.in_features = proj.weight.shape[1]
 
-    def importance(self, space: PruningSpace, model: nn.Module) -> dict[str, torch.Tensor]:
+    def importance(self, space: PruningSpace) -> dict[str, torch.Tensor]:
         """Channels normalised within their group by the space's criterion; heads averaged per head."""
+        model = copy.deepcopy(space.base)  # data-driven criteria run passes over it
         torch.manual_seed(space.seed)
         scorer = prepare_scorer(space.criterion, model, space.calibration)
         return self._per_dimension(space, model, scorer, lambda s, dim: s)
 
-    def unit_importance(self, space: PruningSpace, model: nn.Module, how: str) -> dict[str, torch.Tensor]:
+    def unit_importance(self, space: PruningSpace, how: str) -> dict[str, torch.Tensor]:
         """Not normalised within the group, so units of different groups compare (a channel of a residual
         stage spans more layers and counts more). `taylor`: first-order loss change |w * dL/dw| summed
         over the group's parameters on the calibration batches (Molchanov 2019); `magnitude`: |w| summed
         the same way. Heads: the head's weight magnitude."""
+        model = copy.deepcopy(space.base)  # taylor takes gradients on it
         if how == "taylor":
             if not space.calibration:
                 raise SpaceError("taylor importance needs calibration batches")
@@ -166,12 +169,16 @@ class ChannelKind(SpaceKindRules):
             return s.clamp_min(0)
         return self._per_dimension(space, model, imp, comparable)
 
+    def _by_root(self, space: PruningSpace) -> dict[str, Dimension]:
+        """This kind's dimensions by the layer their Torch-Pruning group starts from."""
+        return {d.root: d for d in space.dimensions if d.granularity in self.granularities}
+
     def _per_dimension(self, space: PruningSpace, model: nn.Module,
                        score_group: Callable[[tp.Group], torch.Tensor | None],
                        finish: Callable[[torch.Tensor, Dimension], torch.Tensor]) -> dict[str, torch.Tensor]:
         """`score_group(group)` of every channel dimension's group and the head scores of every head
         dimension, each passed through `finish(scores, dim)`."""
-        mine = {d.root: d for d in space.dimensions if d.granularity in self.granularities}
+        mine = self._by_root(space)
         names, modules = names_of(model), dict(model.named_modules())
         scores: dict[str, torch.Tensor] = {}
         for coupling in groups_of(space, model)[1]:

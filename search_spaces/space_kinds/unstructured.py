@@ -40,7 +40,7 @@ class UnstructuredKind(SpaceKindRules):
         return sparsity.unstructured_mask(space.weight_scores()[dim.name], 1 - kept / dim.units,
                                           per_output=space.weight_criterion == "wanda")
 
-    def importance(self, space: PruningSpace, model: nn.Module) -> dict[str, torch.Tensor]:
+    def importance(self, space: PruningSpace) -> dict[str, torch.Tensor]:
         """Single weights, raw, as global magnitude pruning ranks them."""
         scores = space.weight_scores()
         return {d.name: scores[d.name].flatten() for d in space.dimensions if d.granularity == "unstructured"}
