@@ -48,6 +48,7 @@ class Contender:
     source: str  # "search" or "baseline:<name>"
     evaluation: Evaluation  # val_acc: the score it is ranked by (after `refine`, the short fine-tune's)
     first_score: float | None = None  # the common recipe's score, when `refine` replaced it
+    fallback: bool = False  # a smaller step of the agent's own path: tried only after every other contender
 
 
 @dataclass
@@ -130,7 +131,10 @@ def contenders(history: Sequence[Evaluation], best: Evaluation | None, found: Ma
     The agent's own choice is re-scored with the common recipe when its score came another way. Plans
     that met but were never scored (a bisection's steps) are scored too, the MAX_RETIMES that use the
     most budget, so that a plan whose fresh re-timing misses has measured fallbacks: on the digits demo
-    the bisection's edge plan (0.57-0.60x in the search) re-timed between 0.54x and 0.62x."""
+    the bisection's edge plan (0.57-0.60x in the search) re-timed between 0.54x and 0.62x. They rank
+    after every other contender, most budget first: each is the agent's own plan made smaller, and a
+    score that says otherwise is noise (MobileNetV2, global, 0.55x: the 0.46x step scored 0.865 after
+    20 fine-tune steps against the 0.55x edge plan's 0.864, and the job returned it)."""
     def met(e: Evaluation) -> bool:
         return e.meets_budget and (not budget.measured or e.latency_source == "measured")
 
@@ -147,11 +151,11 @@ def contenders(history: Sequence[Evaluation], best: Evaluation | None, found: Ma
         pool += [Contender("search", e) for e in rescore(evaluate, [best], -100, chosen_by_agent=True)]
     unscored = sorted((e for e in history if met(e) and e.val_acc is None and e is not best),
                       key=lambda e: -(e.latency_ratio or e.flops))[:MAX_RETIMES]
-    pool += [Contender("search", e) for e in rescore(evaluate, unscored, -300, fallback=True)]
     pool += [Contender(f"baseline:{name}", e) for name, e in found.items()]
     eligible = [c for c in pool if near(c.evaluation) and c.evaluation.val_acc is not None]
     eligible.sort(key=lambda c: (-(c.evaluation.val_acc or 0.0), c.evaluation.latency_ratio or 0.0,
                                  c.evaluation.flops))
+    eligible += [Contender("search", e, fallback=True) for e in rescore(evaluate, unscored, -300, fallback=True)]
     seen: set[tuple[tuple[str, float], ...]] = set()
     ranked = []
     for c in eligible:
@@ -170,14 +174,15 @@ def refine(ranked: Sequence[Contender], evaluate: EvaluateFn, steps: int, top: i
     ResNet-20 at 0.55x latency, the Kendall tau against the accuracy after the final fine-tune was
     0.73 with BN recalibration alone and 0.87 after 20 steps (bench/results/signal_fidelity.md).
     Only the leaders are re-scored, so this costs `top` short fine-tunes, not one per candidate."""
-    if steps <= 0 or len(ranked) < 2:
+    main = [c for c in ranked if not c.fallback]
+    if steps <= 0 or len(main) < 2:
         return list(ranked)
-    lead = list(ranked[:top])
+    lead = main[:top]
     scored = score_plans(evaluate, [c.evaluation for c in lead], -200, steps, selection_steps=steps)
     refined = [Contender(c.source, replace(c.evaluation, val_acc=s.val_acc), c.evaluation.val_acc)
                for c, s in zip(lead, scored, strict=True)]
     refined.sort(key=lambda c: (-(c.evaluation.val_acc or 0.0), c.evaluation.latency_ratio or 0.0))
-    return refined + list(ranked[top:])
+    return refined + main[top:] + [c for c in ranked if c.fallback]
 
 
 def tightened_ratios(ctx: SearchContext, ratios: Mapping[str, float], factor: float) -> dict[str, float] | None:
@@ -252,8 +257,8 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         if closest is None or stats.ratio < closest[1].ratio:
             closest = (c, stats)
         if tighten is not None and len(attempts) < MAX_RETIMES and (t := tighten(c, stats.ratio)) is not None:
-            at = next((i for i, q in enumerate(queue) if (q.evaluation.val_acc or 0.0) < (t.evaluation.val_acc or 0.0)),
-                      len(queue))
+            at = next((i for i, q in enumerate(queue)
+                       if q.fallback or (q.evaluation.val_acc or 0.0) < (t.evaluation.val_acc or 0.0)), len(queue))
             queue.insert(at, t)
     assert closest is not None
     c, stats = closest

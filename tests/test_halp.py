@@ -96,11 +96,14 @@ def test_choice_is_the_most_accurate_plan_that_holds_when_re_timed() -> None:
 
 def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
     """A uniform job measures several plans that meet (its bisection steps) but scores only its edge
-    plan; when that one misses in a fresh process, the next measured plan that met is returned."""
+    plan; when that one misses in a fresh process, the next measured plan that met is returned. The
+    smaller steps rank after the edge plan even where their score is higher (noise: they are the same
+    allocation, smaller), and a refine that re-scores the leaders leaves them last."""
     budget = Budget("latency_ms", 5.0, 10.0)
     steps = [replace(evaluation(i, 0.0, lat), val_acc=None, meets_budget=lat <= 0.5)
              for i, lat in ((1, 0.42), (2, 0.55), (3, 0.49), (4, 0.47), (5, 0.45), (6, 0.44), (7, 0.43))]
-    scores = {0.1: 0.60, 0.3: 0.70, 0.4: 0.68, 0.5: 0.66, 0.6: 0.64, 0.7: 0.62}
+    scores = {0.1: 0.60, 0.3: 0.70, 0.4: 0.68, 0.5: 0.71, 0.6: 0.64, 0.7: 0.62,  # 0.5: a smaller step scores higher
+              -0.1: 0.72}  # the uniform baseline in the refine below
     asked: list[int] = []
 
     def evaluate(cands: list[Candidate]) -> list[Evaluation]:
@@ -110,6 +113,10 @@ def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
     ranked = contenders(steps, steps[2], {}, evaluate, budget)
     assert asked == [-100, -300, -301, -302, -303]  # the edge plan, then the four that use the most budget
     assert [c.evaluation.latency_ratio for c in ranked] == [0.49, 0.47, 0.45, 0.44, 0.43]  # 0.55 missed
+    assert [c.fallback for c in ranked] == [False, True, True, True, True]
+    uniform = Contender("baseline:uniform", evaluation(-1, 0.65, 0.48))
+    refined = refine([ranked[0], uniform, *ranked[1:]], evaluate, steps=20)
+    assert [c.evaluation.candidate.id for c in refined] == [-1, -100, -300, -301, -302, -303]
     choice = choose(ranked, budget, lambda e: Timed(0.52 if e.latency_ratio == 0.49 else 0.48, 0.47, 0.49),
                     lambda event: None)
     assert choice.contender.evaluation.latency_ratio == 0.47 and choice.verdict == "met"
