@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.budget import BudgetUnreachableError
 from bench.results_io import RESULTS, environment, markdown_table, write
 from service.pipeline import run_job
 from service.spec import JobSpec, parse_spec
@@ -64,6 +65,7 @@ SPACES: dict[str, dict[str, Any]] = {  # name -> model and the kinds of dimensio
     "resnet20 2:4": {"model": "resnet20", "dimensions": ["nm"]},
     "vit_tiny": {"model": "vit_tiny", "dimensions": ["channel"]},
     "mobilenetv2": {"model": "mobilenetv2", "dimensions": ["channel"]},
+    "mobilenetv2+depth": {"model": "mobilenetv2", "dimensions": ["channel", "block"]},
 }
 CRITERIA = ("l1", "bn_scale", "taylor", "fpgm")
 Row = tuple[str, str, str, str]  # strategy, budget, criterion, space
@@ -73,7 +75,8 @@ SUITES: dict[str, list[Row]] = {
     # distilled fine-tune for every row; width + depth (Optuna on channels + blocks) as a searched space at batch 1
     "latency": [(s, f"latency {t}x{b}", "l1", arch) for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
                 for t in (0.55, 0.4, 0.7) for s in LATENCY_STRATEGIES]
-    + [("optuna", f"latency {t}x b1", "l1", "resnet20+depth") for t in (0.55, 0.4, 0.7)],
+    + [("optuna", f"latency {t}x b1", "l1", f"{arch}+depth") for arch in ("resnet20", "mobilenetv2")
+       for t in (0.55, 0.4, 0.7)],
     # the headline table: every strategy, one criterion, two budgets
     "main": [(s, b, "l1", "resnet20") for b in ("latency 0.5x", "flops 0.5x") for s in STRATEGIES],
     # criteria under the strategy that wins the main table at 0.5x FLOPs
@@ -117,6 +120,16 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space:
     })
 
 
+def unreachable_row(spec: JobSpec, budget_name: str, space: str, error: BudgetUnreachableError) -> dict[str, Any]:
+    """A job that refused its budget: no plan, so no accuracy or ratio, and the job's own message."""
+    return {"arch": spec.model.arch, "batch_size": spec.device.batch_size,
+            "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
+            "strategy": spec.strategy.name, "budget": budget_name, "budget_metric": spec.budget.metric,
+            "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
+            "budget_met": False, "unreachable": str(error), "cpu": environment()["cpu"],
+            "commit": environment()["commit"]}
+
+
 def row(spec: JobSpec, budget_name: str, space: str, report: dict[str, Any], wall: float) -> dict[str, Any]:
     base, pruned, ratios = report["base"], report["pruned"], report["ratios"]
     sizes = report.get("size_bytes", {})
@@ -153,7 +166,8 @@ def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     A searched job that returned a baseline it measured (`source` "baseline:...") gained nothing by its
     search, so its row counts for the budget checks but not for the searched means; `own plans` says how
     many of a strategy's jobs returned its own plan."""
-    suite = [r for r in rows if r.get("finetune", "").endswith("distilled") and r["budget_metric"] == "latency_ms"]
+    suite = [r for r in rows if r.get("finetune", "").endswith("distilled") and r["budget_metric"] == "latency_ms"
+             and not r.get("unreachable")]
     out = []
     for arch, batch in sorted({(r["arch"], r["batch_size"]) for r in suite}):
         for target in (0.55, 0.4, 0.7):
@@ -203,7 +217,8 @@ def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:  # the `bench` extra; the table does not need it
         return []
-    suite = [r for r in rows if r.get("finetune", "").endswith("distilled") and r["budget_metric"] == "latency_ms"]
+    suite = [r for r in rows if r.get("finetune", "").endswith("distilled") and r["budget_metric"] == "latency_ms"
+             and not r.get("unreachable")]
     names = []
     for arch, batch in sorted({(r["arch"], r["batch_size"]) for r in suite}):
         cell = [r for r in suite if (r["arch"], r["batch_size"]) == (arch, batch)]
@@ -268,6 +283,8 @@ def render(rows: list[dict[str, Any]]) -> str:
              markdown_table(latency_targets(rows), ["arch", "batch_size", "target", "best searched", "own plans",
                                                     "gain before FT", "gain after FT", "wanted", "met",
                                                     "ratio/target range", "budgets held", "max search s"]), "",
+             *[f"- refused: {r['strategy']} on {r['space']} at {r['budget']} (seed {r['seed']}): {r['unreachable']}"
+               for r in rows if r.get("unreachable")], "",
              table(SUITES["latency"], ("budget", "space", "strategy"), ("source",)), "",
              *[f"![{p}]({p})" for p in plots], "",
              "Accuracy: validation (1000 samples during search, all 5000 here) and test before fine-tune, test "
@@ -308,8 +325,11 @@ def main() -> None:
             continue
         spec = job(strategy, BUDGETS[budget_name], seed, criterion, space, args.data_root)
         start = time.perf_counter()
-        report = run_job(spec, Path(args.runs) / str(spec.name)).report
-        rows.append(row(spec, budget_name, space, report, time.perf_counter() - start))
+        try:
+            report = run_job(spec, Path(args.runs) / str(spec.name)).report
+            rows.append(row(spec, budget_name, space, report, time.perf_counter() - start))
+        except BudgetUnreachableError as exc:  # a result too: this space cannot reach the budget on this device
+            rows.append(unreachable_row(spec, budget_name, space, exc))
         done.add((strategy, budget_name, seed, criterion, space))
         print(json.dumps(rows[-1]), flush=True)
         write("quality", rows, render(rows))  # after every row: an interrupted run keeps what it finished

@@ -15,6 +15,8 @@ A block qualifies when both hold:
    * torchvision's `BasicBlock`/`Bottleneck` with `downsample is None` (matched by class name and
      module, so torchvision stays optional);
    * a transformer `Block` (ours, or timm's): both its attention and MLP sub-layers are residual;
+   * a MobileNetV2 `InvertedResidual` (ours, or torchvision's) with its residual connection: it returns
+     `x + f(x)` with no activation after the sum (the linear bottleneck);
 2. a batch-1 forward pass confirms its output has its input's shape.
 
 Only the outermost matching modules count: a block inside a block is part of the outer one.
@@ -27,10 +29,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from search_spaces.zoo import resnet_cifar, vit
+from search_spaces.zoo import mobilenetv2, resnet_cifar, vit
 
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # the layers cost tables price (as PRUNABLE in space.py)
 TORCHVISION_RESNET_BLOCKS = ("BasicBlock", "Bottleneck")
+TORCHVISION_MOBILENET_MODULES = ("torchvision.models.mobilenetv2", "torchvision.models.mobilenetv3")
 
 
 def is_residual_block(module: nn.Module) -> bool:
@@ -40,6 +43,10 @@ def is_residual_block(module: nn.Module) -> bool:
         return isinstance(module.shortcut, nn.Identity)
     if cls.__module__ == "torchvision.models.resnet" and cls.__name__ in TORCHVISION_RESNET_BLOCKS:
         return getattr(module, "downsample", True) is None
+    if isinstance(module, mobilenetv2.InvertedResidual):
+        return module.use_residual
+    if cls.__module__ in TORCHVISION_MOBILENET_MODULES and cls.__name__ == "InvertedResidual":
+        return bool(getattr(module, "use_res_connect", False))
     return isinstance(module, vit.Block) or (cls.__name__ == "Block" and cls.__module__.startswith("timm."))
 
 

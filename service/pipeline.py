@@ -46,7 +46,7 @@ from service.config import Settings
 from service.execution import Execution, open_execution
 from service.execution.base import StopFn
 from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
-from service.preflight import identity_of, space_settings, unreachable
+from service.preflight import identity_of, measured_floor, space_settings, unreachable
 from service.spec import JobSpec, SpecError, TrainWeights
 
 log = structlog.get_logger()
@@ -343,6 +343,10 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
                                 should_stop=execution.should_stop)
         ctx = SearchContext(space=space, budget=prep.budget, seed=spec.seed, lut=prep.lut)
         tighten = selection.tightener(ctx, scorer, spec.evaluation.selection_steps)
+        if not found.ranked and prep.budget.measured:
+            raise BudgetUnreachableError(measured_floor(spec, space, [
+                e.latency_ratio for e in found.outcome.history
+                if e.latency_source == "measured" and e.latency_ratio is not None]))
         choice = selection.choose(found.ranked, prep.budget, retime, emit, tighten)
         final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
     ratios = dict(choice.contender.evaluation.candidate.ratios)

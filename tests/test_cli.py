@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from agents.budget import BudgetUnreachableError
 from search_spaces.artifacts import load_pruned
 from service.cli import main
 from service.pipeline import run_job
@@ -44,6 +46,19 @@ def test_run_job_writes_artifacts_that_rebuild_bit_for_bit(tmp_path: Path) -> No
     assert plan == result.plan
     kinds = {e["type"] for e in events}
     assert {"phase", "budget", "evaluation", "done"} <= kinds
+
+
+def test_an_unreachable_latency_budget_names_the_floor_it_timed_and_what_to_set(tmp_path: Path) -> None:
+    spec = parse_spec(job_dict(model={"arch": "resnet20", "input_size": 8}, max_ratio=0.3,
+                               budget={"metric": "latency_ms", "target": 0.05},
+                               strategy={"name": "uniform", "steps": 3},
+                               measurement={"max_seconds": 0.5, "repeats": 5}))
+    with pytest.raises(BudgetUnreachableError) as caught:
+        run_job(spec, tmp_path)
+    message = str(caught.value)
+    floor = re.search(r"the most pruned plan it timed ran at ([0-9.]+)x", message)
+    assert floor and float(floor[1]) > 0.05
+    assert "max_ratio above 0.3" in message and '"block" in dimensions (this model has 7 residual' in message
 
 
 def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:

@@ -44,16 +44,18 @@ def test_ray_scores_match_in_process_scores(cluster: None) -> None:
     assert len(remote.workers) == 2  # no timing: every CPU scores accuracy
 
 
-def test_accuracy_actors_never_share_the_timed_cores(cluster: None) -> None:
+@pytest.mark.parametrize("workers", [None, 1])
+def test_accuracy_actors_take_the_timed_cores_only_as_lent_ones(cluster: None, workers: int | None) -> None:
     space, data = make_space("small_cnn", 8), synthetic_splits(1, 8)
     settings = MeterSettings(batch_size=8, warmup=1, repeats=5, max_seconds=0.2)
-    remote = RayEvaluator(space, data, Budget("latency_ms", 0.8, 1.0), AccuracyRecipe(), settings)
+    remote = RayEvaluator(space, data, Budget("latency_ms", 0.8, 1.0), AccuracyRecipe(), settings,
+                          accuracy_workers=workers)
     try:
         timed = set(ray.get(remote.latency.cores.remote()))
-        accuracy_cores = [ray.get(w.pinned_cores.remote()) for w in remote.workers]
-        assert len(remote.workers) == 1  # 2 CPUs: one is reserved for timing
-        for cores in accuracy_cores:
-            assert cores and not set(cores) & timed
+        accuracy_cores = [set(ray.get(w.pinned_cores.remote())) for w in remote.workers]
+        # 2 CPUs, one reserved for timing: one actor off it, and one lent onto it unless the workers are set
+        assert [bool(cores & timed) for cores in accuracy_cores] == ([False, True] if workers is None else [False])
+        assert all(cores == timed for cores in accuracy_cores if cores & timed)
         result = remote([Candidate(1, space.uniform(0.5))])[0]
         assert result.latency_source == "measured" and result.latency_ci is not None
     finally:
@@ -76,6 +78,7 @@ def test_no_accuracy_work_runs_on_the_node_while_it_is_timed(cluster: None) -> N
     recipe = AccuracyRecipe(recalibration_batches=2, short_steps=50, finetune_batch_size=32)
     remote = RayEvaluator(space, data, Budget("latency_ms", 0.8, 1.0), recipe, settings)
     try:
+        ray.get([w.where.remote() for w in remote.workers])  # placed: every actor takes part from the start
         batch = [Candidate(0, space.uniform(0.5)), Candidate(1, space.uniform(0.3)),
                  *[Candidate(10 + i, space.uniform(0.2 + 0.1 * i), latency="none") for i in range(4)]]
         results = remote(batch)
@@ -85,6 +88,9 @@ def test_no_accuracy_work_runs_on_the_node_while_it_is_timed(cluster: None) -> N
         scoring = [s for w in remote.workers for s in ray.get(w.spans.remote())]
         assert len(timings) == 2 and len(scoring) == 6
         assert {s[2] for s in scoring} == {remote.latency_node}  # same node: the gate is what keeps them apart
+        timed = set(ray.get(remote.latency.cores.remote()))
+        lent = [w for w in remote.workers if set(ray.get(w.pinned_cores.remote())) == timed]
+        assert len(lent) == 1 and ray.get(lent[0].spans.remote())  # the timed core scored between timings
         assert not [(a, t) for a in scoring for t in timings if a[0] < t[1] and t[0] < a[1]]
     finally:
         remote.shutdown()

@@ -212,6 +212,26 @@ def test_binary_dimensions_snap_at_half_their_maximum(depth_space: PruningSpace)
     assert (nm.snap(0.3), nm.snap(0.2)) == (0.5, 0.0)
 
 
+def test_mobilenetv2_drops_its_inverted_residual_blocks_as_identities() -> None:
+    """A residual block is `x + f(x)` with nothing after the sum, so a dropped one is exactly f = 0."""
+    ident = ModelIdentity(arch="mobilenetv2", num_classes=10, in_channels=1, input_size=28)
+    space = PruningSpace(trained_like(build_model(ident)), ident, kinds=("channel", "block"))
+    blocks = [d.name for d in space.dimensions if d.granularity == "block"]
+    assert blocks == [f"features.{i}" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)]  # stride 1, cin == cout
+    ratios = {**space.uniform(0.3), **dict.fromkeys(blocks[::3], 1.0)}
+    pruned = space.apply(ratios)
+    assert space.cost(ratios) == space.count(pruned)
+    assert all(isinstance(pruned.get_submodule(b), nn.Identity) == (b in blocks[::3]) for b in blocks)
+    base, zeroed = copy.deepcopy(space.base), copy.deepcopy(space.base)
+    last_bn = zeroed.get_submodule(f"{blocks[0]}.conv.2.1")
+    nn.init.zeros_(last_bn.weight), nn.init.zeros_(last_bn.bias)  # the residual branch made zero
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(zeroed.eval()(x), space.apply({blocks[0]: 1.0}).eval()(x), atol=1e-5)
+    with torch.no_grad():  # features.3 is the block: with its branch at zero it passes features.2's output on
+        before, after = base.eval().features[:3](x), base.features[:4](x)
+        assert torch.equal(zeroed.features[:4](x), before) and not torch.allclose(after, before, atol=1e-3)
+
+
 def test_block_kind_needs_a_model_with_residual_blocks() -> None:
     with pytest.raises(SpaceError, match="no prunable dimension of kind block"):
         make_space("small_cnn", 8, kinds=("block",))
