@@ -72,11 +72,11 @@ Row = tuple[str, str, str, str]  # strategy, budget, criterion, space
 LATENCY_STRATEGIES = ("uniform", "global", "halp")  # baselines first, then the searched rows
 SUITES: dict[str, list[Row]] = {
     # the headline (issue: search that pays): measured latency, both architectures, batch 32 and 1, the same
-    # distilled fine-tune for every row; width + depth (Optuna on channels + blocks) as a searched space at batch 1
+    # distilled fine-tune for every row; width + depth (Optuna or HALP on channels + blocks) searched at batch 1
     "latency": [(s, f"latency {t}x{b}", "l1", arch) for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
                 for t in (0.55, 0.4, 0.7) for s in LATENCY_STRATEGIES]
-    + [("optuna", f"latency {t}x b1", "l1", f"{arch}+depth") for arch in ("resnet20", "mobilenetv2")
-       for t in (0.55, 0.4, 0.7)],
+    + [(s, f"latency {t}x b1", "l1", f"{arch}+depth") for arch in ("resnet20", "mobilenetv2")
+       for t in (0.55, 0.4, 0.7) for s in ("optuna", "halp")],
     # the headline table: every strategy, one criterion, two budgets
     "main": [(s, b, "l1", "resnet20") for b in ("latency 0.5x", "flops 0.5x") for s in STRATEGIES],
     # criteria under the strategy that wins the main table at 0.5x FLOPs

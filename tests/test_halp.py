@@ -43,6 +43,28 @@ def test_a_wide_network_is_scanned_at_fewer_ratios_within_max_scan() -> None:
     assert len(scan) == 1 + 2 * groups and {c.tag["ratio"] for c in scan[1:]} == {0.5, 0.9}
 
 
+def test_blocks_are_knapsack_items_on_the_sensitivity_path_only() -> None:
+    space = make_space("resnet20", 8, kinds=("channel", "block"))
+    budget = Budget("flops", 0.5 * space.flops, float(space.flops))
+    agent = HALPAgent(SearchContext(space, budget, 0), variants=["sensitivity", "magnitude"], scan_ratios=[0.5, 0.9])
+    scan = agent.suggest()
+    blocks = [d.name for d in agent.blocks]
+    assert len(blocks) == 7 and [c.tag["group"] for c in scan if c.tag["ratio"] == 1.0] == blocks
+    assert len(scan) == agent.planned_evaluations() - len(agent.variants)  # FLOPs: one probe per path
+    free = blocks[1]  # dropping it alone costs nothing; every other removal loses accuracy
+
+    def scored(c: Candidate) -> Evaluation:
+        return Evaluation(c, *space.cost(c.ratios), True, 0.9 if c.tag["group"] in (None, free) else 0.5)
+    agent.observe([scored(c) for c in scan])
+    assert agent.block_drops == {b: 0.0 if b == free else pytest.approx(0.4) for b in blocks}
+    sensitivity, magnitude = agent.paths
+    assert sensitivity.plans[1] == {**sensitivity.plans[0], free: 0}  # the free removal comes first
+    assert sensitivity.plans[-1][free] == 0 and all(sensitivity.plans[-1][b] == 0 for b in blocks)
+    assert all(plan[b] == 1 for plan in magnitude.plans for b in blocks)  # no first-order value for a block
+    ratios = agent._ratios(sensitivity.plans[1])
+    assert ratios[free] == 1.0 and isinstance(space.apply(ratios).get_submodule(free), nn.Identity)
+
+
 def test_walk_shrinks_monotonically_to_the_smallest_plan_and_lands_on_the_budget() -> None:
     space = make_space("small_cnn", 8, round_to=2)
     budget = Budget("flops", 0.5 * space.flops, float(space.flops))
