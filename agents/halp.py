@@ -197,9 +197,9 @@ class HALPAgent(Agent):
                         continue
                     key = (name, shape[0], shape[1])
                     if key not in self._ms_cache:
-                        self._ms_cache[key] = lut.layer_ms(self._layers[name], shape[0], shape[1])
+                        self._ms_cache[key] = lut.layer_cost(self._layers[name], shape[0], shape[1])
                     total += self._ms_cache[key]
-                return total + lut.overhead_ms
+                return total
             return latency
         field_ = "flops" if budget.metric == "flops" else "params"
 

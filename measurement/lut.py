@@ -2,13 +2,16 @@
 
 Each prunable layer is timed alone (conv + BN + ReLU, or linear) on the target device at a grid
 of input/output channel counts; a plan's latency is the sum of its layers, interpolated on that
-grid, fitted so the base model's prediction equals its measured latency: plus a constant for
-everything else (pooling, adds, framework overhead) when the layers add up to less than the base,
-or scaled down when they add up to more. A negative constant is no model of anything: on MobileNetV2
-at batch 32 the layers timed alone summed to 80.3 ms against a 64.5 ms network, the constant came out
-at -15.7 ms, and it doubled every predicted saving (a plan predicted at 0.35x ran at 0.54x; on the
-13 plans that job timed, the median error was 39%, and 17% with the scale). Tables are cached on
-disk per device setting.
+grid, fitted so the base model's prediction equals its measured latency: plus the rest (adds,
+activations, framework and per-operator overhead) shared equally by the layers when they add up to
+less than the base, or scaled down when they add up to more. The rest is per operator, not per
+model: it does not shrink with a layer's channels, but a dropped block takes its layers' share with
+it. As one constant it did not: MobileNetV2 at batch 1 has 6.4 ms of rest in an 11 ms network, and
+the table predicted 0.72x for a depth plan that ran at 0.35x. A negative constant is no model of
+anything: on MobileNetV2 at batch 32 the layers timed alone summed to 80.3 ms against a 64.5 ms
+network, the constant came out at -15.7 ms, and it doubled every predicted saving (a plan predicted
+at 0.35x ran at 0.54x; on the 13 plans that job timed, the median error was 39%, and 17% with the
+scale). Tables are cached on disk per device setting.
 
 The grid is about 16 round channel counts per axis (multiples of a power of two): latency is a
 staircase in the channel count (kernels switch at certain widths), so strategies that allocate on
@@ -74,7 +77,7 @@ class LatencyTable:
         self.space, self.meter, self.repeats = space, meter, repeats
         self.cache_path = Path(cache_dir) / f"{self._device_key()}.json" if cache_dir else None
         self.entries: dict[str, dict[str, float]] = self._load()
-        self.overhead_ms = 0.0
+        self.overhead_ms = 0.0  # the base's time beyond its layers timed alone, carried by the layers in equal shares
         self.layer_scale = 1.0  # < 1 when the layers timed alone add up to more than the whole base model
         self.observed: list[tuple[float, float]] = []  # (table's raw ratio, measured ratio) of whole plans
         self.scale = 1.0  # measured savings / predicted savings, fitted on `observed`
@@ -145,14 +148,18 @@ class LatencyTable:
         rows = [_interp1(couts, [table[f"{a},{b}"] for b in couts], cout) for a in cins]
         return self.layer_scale * _interp1(cins, rows, cin)
 
+    def layer_cost(self, info: LayerInfo, cin: int, cout: int) -> float:
+        """A present layer's predicted milliseconds: its own, plus its share of the rest (module docstring)."""
+        return self.layer_ms(info, cin, cout) + self.overhead_ms / len(self.space.layers)
+
     def breakdown(self, kept: Mapping[str, int]) -> dict[str, float]:
         """Predicted milliseconds per layer for the plan with these kept counts (0 for a dropped block's)."""
         shapes = self.space.layer_shapes(kept)
-        return {i.name: 0.0 if (s := shapes[i.name]) is None else self.layer_ms(i, s[0], s[1])
+        return {i.name: 0.0 if (s := shapes[i.name]) is None else self.layer_cost(i, s[0], s[1])
                 for i in self.space.layers}
 
     def predict(self, kept: Mapping[str, int]) -> float:
-        return sum(self.breakdown(kept).values()) + self.overhead_ms
+        return sum(self.breakdown(kept).values())
 
     def _unpruned(self) -> dict[str, int]:
         return self.space.kept_for({})

@@ -141,6 +141,26 @@ def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     assert again.breakdown(half) == table.breakdown(half)
 
 
+def test_a_dropped_block_takes_its_layers_share_of_the_rest(tmp_path: Path) -> None:
+    """The rest of the base's time is per operator: channels keep all of it, a dropped block its layers' share
+    (as one constant, MobileNetV2's batch-1 depth plans were predicted at 0.72x and ran at 0.35x)."""
+    from tests.conftest import macs_timer
+
+    space = make_space("resnet20", 8, kinds=("channel", "block"))
+    table = LatencyTable(space, LatencyMeter(FAST, timer=macs_timer), tmp_path, repeats=3)
+    table.build()
+    full, half = space.kept_for({}), space.kept_for(space.uniform(0.5))
+    layers_full, layers_half = table.predict(full), table.predict(half)
+    table.calibrate(3 * layers_full)  # the rest is twice the layers
+    assert table.predict(full) == pytest.approx(3 * layers_full)
+    assert table.predict(half) == pytest.approx(layers_half + 2 * layers_full)  # narrower layers: all of the rest
+    block = next(d for d in space.dimensions if d.granularity == "block")
+    share = 2 * layers_full / len(space.layers)
+    dropped = {**full, block.name: 0}
+    own = sum(table.breakdown(full)[n] - share for n in block.covers)
+    assert own > 0 and table.predict(full) - table.predict(dropped) == pytest.approx(own + len(block.covers) * share)
+
+
 @pytest.mark.slow
 def test_a_base_timed_slow_does_not_set_the_table_s_constant(tmp_path: Path) -> None:
     """The job's table is fitted to the faster of the base-latency phase's timing and one taken right after
