@@ -212,6 +212,9 @@ def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+POINT_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#72b7b2", "#9d755d", "#000000")  # not uniform's green
+
+
 def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
     """Test accuracy after fine-tuning against the measured latency ratio, one PNG per architecture and batch
     size: the uniform plans as a line, every other strategy's plans as points."""
@@ -230,12 +233,12 @@ def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
         uni = sorted((r["latency_ratio"], r["test_acc_ft"]) for r in cell if r["strategy"] == "uniform")
         if uni:
             ax.plot(*zip(*uni, strict=True), "-o", color="#54a24b", label="uniform")
-        for (strategy, space), marker in zip(sorted({(r["strategy"], r.get("space", arch)) for r in cell
-                                                     if r["strategy"] != "uniform"}), "sD^vP*X", strict=False):
+        others = sorted({(r["strategy"], r.get("space", arch)) for r in cell if r["strategy"] != "uniform"})
+        for (strategy, space), marker, color in zip(others, "sD^vP*X", POINT_COLOURS, strict=False):
             pts = [(r["latency_ratio"], r["test_acc_ft"]) for r in cell
                    if (r["strategy"], r.get("space", arch)) == (strategy, space)]
             label = strategy if space == arch else f"{strategy} ({space})"
-            ax.scatter(*zip(*pts, strict=True), marker=marker, label=label, zorder=3)
+            ax.scatter(*zip(*pts, strict=True), marker=marker, color=color, label=label, zorder=3)
         ax.set_xlabel("latency ratio (re-measured in a fresh process)")
         ax.set_ylabel("test accuracy after fine-tune")
         ax.set_title(f"{arch}, CPU 1 thread, batch {batch}")
