@@ -120,33 +120,34 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space:
     })
 
 
-def unreachable_row(spec: JobSpec, budget_name: str, space: str, error: BudgetUnreachableError) -> dict[str, Any]:
-    """A job that refused its budget: no plan, so no accuracy or ratio, and the job's own message."""
+def job_fields(spec: JobSpec, budget_name: str, space: str) -> dict[str, Any]:
+    """What names a row, whether the job returned a plan or refused its budget."""
     return {"arch": spec.model.arch, "batch_size": spec.device.batch_size,
             "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
             "strategy": spec.strategy.name, "budget": budget_name, "budget_metric": spec.budget.metric,
             "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
-            "budget_met": False, "unreachable": str(error), "cpu": environment()["cpu"],
-            "commit": environment()["commit"]}
+            "cpu": environment()["cpu"], "commit": environment()["commit"]}
+
+
+def unreachable_row(spec: JobSpec, budget_name: str, space: str, error: BudgetUnreachableError) -> dict[str, Any]:
+    """A job that refused its budget: no plan, so no accuracy or ratio, and the job's own message."""
+    return {**job_fields(spec, budget_name, space), "budget_met": False, "unreachable": str(error)}
 
 
 def row(spec: JobSpec, budget_name: str, space: str, report: dict[str, Any], wall: float) -> dict[str, Any]:
     base, pruned, ratios = report["base"], report["pruned"], report["ratios"]
     sizes = report.get("size_bytes", {})
     return {
-        "arch": spec.model.arch, "batch_size": spec.device.batch_size,
-        "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
+        **job_fields(spec, budget_name, space),
         "source": report.get("selected", {}).get("source"), "verdict": report.get("budget_verdict"),
         "teacher_test_acc": report.get("teacher", {}).get("test_acc"),
-        "strategy": spec.strategy.name, "budget": budget_name, "budget_metric": spec.budget.metric,
-        "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
         "val_acc": pruned["val_acc"], "test_acc": pruned["test_acc"], "test_acc_ft": pruned.get("test_acc_ft"),
         "base_test_acc": base["test_acc"], "latency_ratio": ratios["latency"], "latency_ci": ratios["latency_ci"],
         "flops_ratio": ratios["flops"], "params_ratio": ratios["params"], "budget_met": report["budget_met"],
         "search_seconds": report["search"]["seconds"], "evaluations": report["search"]["evaluations"],
         "sparse_kb": sizes["model.sparse.safetensors"] / 1024 if "model.sparse.safetensors" in sizes else None,
         "dense_kb": sizes["model.safetensors"] / 1024 if "model.safetensors" in sizes else None,
-        "job_seconds": round(wall, 1), "cpu": environment()["cpu"], "commit": environment()["commit"],
+        "job_seconds": round(wall, 1),
     }
 
 
