@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +16,12 @@ from agents.base import Candidate, Evaluation, SearchContext
 from agents.budget import Budget
 from agents.halp import HALPAgent, parse_variant
 from agents.selection import TIGHTEN_AIM, Contender, choose, contenders, refine, tightened_ratios, tightener
-from measurement.lut import fit_scale
+from measurement.latency import LatencyMeter, MeterSettings
+from measurement.lut import LatencyTable, fit_scale
 from measurement.training import Distillation, TrainConfig, train
 from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
 from service.spec import SpecError, parse_spec
-from tests.conftest import job_dict, make_space, synthetic_splits
+from tests.conftest import job_dict, macs_timer, make_space, synthetic_splits
 
 
 def test_variants_parse_and_bad_ones_name_the_field() -> None:
@@ -79,6 +81,37 @@ def test_walk_shrinks_monotonically_to_the_smallest_plan_and_lands_on_the_budget
     flops, _ = space.cost(cand.ratios)
     i = int(cand.tag["index"])
     assert flops <= budget.limit < space.cost(agent._ratios(walk.plans[i - 1]))[0]
+
+
+def test_a_path_that_crosses_the_budget_in_one_step_is_filled_back_up_to_it(tmp_path: Path) -> None:
+    """ResNet-20 at batch 1: one block dropped took the walk from 0.560x (missed 0.55x) to 0.486x. Between the
+    bracket's ends the plan that met gets removals back, up to the budget, and is timed."""
+    space = make_space("small_cnn", 8, round_to=2)
+    lut = LatencyTable(space, LatencyMeter(MeterSettings(batch_size=4, warmup=1, repeats=3), timer=macs_timer),
+                       tmp_path, repeats=3)
+    lut.build()
+    base_ms = lut.predict(space.kept_for({}))
+    lut.calibrate(base_ms)
+    budget = Budget("latency_ms", 0.5 * base_ms, base_ms, tolerance=0.05)
+    agent = HALPAgent(SearchContext(space, budget, 0, lut=lut), variants=["magnitude"], confirm_steps=8)
+    (path,) = agent.paths
+    coarse = [i for i, r in enumerate(path.predicted) if r >= 0.6 or r <= 0.4]  # no plan between 0.4x and 0.6x
+    path.plans, path.predicted = [path.plans[i] for i in coarse], [path.predicted[i] for i in coarse]
+    original = list(path.plans)
+    timed: list[float] = []
+    while batch := agent.suggest():  # the device agrees with the table exactly
+        (cand,) = batch
+        ratio = lut.ratio(path.plans[int(cand.tag["index"])])
+        timed.append(ratio)
+        agent.observe([Evaluation(cand, 0, 0, ratio <= 0.5, 1 - ratio, ratio, (ratio, ratio), "measured")])
+    assert min(timed) <= 0.4 and any(r >= 0.6 for r in timed)  # the bracket was found on the coarse path
+    best = agent.best()
+    assert best is not None and 0.45 < timed[-1] == best.latency_ratio <= 0.5  # then the gap was filled
+    filled = path.plans[int(best.candidate.tag["index"])]
+    below = path.plans[path.hi + 1] if path.hi is not None else None
+    assert filled not in original and below in original and below is not None
+    assert all(filled[n] >= below[n] for n in below) and filled != below  # removals given back, none taken
+    assert path.filled and len(path.plans) == len(original) + 1
 
 
 def test_a_single_near_base_plan_barely_moves_the_calibration() -> None:
