@@ -13,7 +13,7 @@ Which prefix meets the budget is decided on the device (latency) or by exact cou
 over the path guided by the lookup table, which learns from every plan timed (`LatencyTable.observe`),
 so it lands on the budget in a few timings instead of trusting a table that can be 10% off. Where one
 step of the walk crosses the budget with a large saving, the plan below it is filled back up to the
-budget (`HALPAgent._fill`): the knapsack solved at the budget, not only along the path.
+budget (`HALPAgent._give_back`): the knapsack solved at the budget, not only along the path.
 
 What a removal loses is estimated per *variant*, and no estimate is right everywhere: `taylor` sums
 first-order terms (HALP's), `magnitude` sums weight norms, `sensitivity` reads a measured curve per
@@ -232,7 +232,8 @@ class HALPAgent(Agent):
     def _next_index(self, path: Path) -> int | None:
         """The next plan of the path to probe, or None when the path is settled.
 
-        FLOPs and params: the exact budget prefix, found by bisection without evaluating anything.
+        FLOPs and params: the exact budget prefix, found by bisection without evaluating anything, with
+        removals given back up to the budget (`_give_back`).
         Latency: the least-pruned plan the corrected table predicts to meet the budget, inside what is
         still unknown; once a plan is known to meet it, steps back towards the unknown side by a quarter
         of the gap, so a table that is already right costs one timing more, not a bisection."""
@@ -246,6 +247,9 @@ class HALPAgent(Agent):
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if self._exact_ratio(path.plans[mid]) <= target else (mid, hi)
+            filled = self._give_back(path, hi, target)  # the walk's counts are per layer: checked exactly
+            if filled is not None and self._exact_ratio(filled) > target:
+                del path.plans[hi], path.predicted[hi]
             return hi
         lut = self.ctx.lut
         assert lut is not None
@@ -264,11 +268,8 @@ class HALPAgent(Agent):
         return hi - max(1, -(-(hi - path.lo) // 4))
 
     def _fill(self, path: Path) -> int | None:
-        """Once per path, when its plan that meets the budget leaves part of it unused and the next plan
-        up misses: that plan with removals given back, most value regained per millisecond first, up to
-        the budget. A step of the walk can save a lot at once (a dropped block, a jump past a flat stretch
-        of the staircase), so the path can cross the budget in one step: ResNet-20 at batch 1 went from
-        0.560x (missed 0.55x) to 0.486x, leaving 12% of the budget unused.
+        """Once per path, when its plan that meets a latency budget leaves part of it unused and the next
+        plan up misses: that plan with removals given back up to the budget (`_give_back`), timed next.
 
         The table's error near the bracket is taken from its two plans' timings (the larger, so a plan
         predicted between them is not aimed past the one that missed). Returns the new plan's index,
@@ -276,14 +277,31 @@ class HALPAgent(Agent):
         if path.filled or path.loss is None or path.best is None or path.hi is None:
             return None
         path.filled = True
-        lut, loss, hi = self.ctx.lut, path.loss, path.hi
+        lut, hi = self.ctx.lut, path.hi
         assert lut is not None
         timed = {p["index"]: p["latency_ratio"] for p in path.probes if p["latency_ratio"] is not None}
         offset = max(timed[i] - lut.ratio(path.plans[i]) for i in (path.lo, hi) if i in timed)
         aim = self.ctx.budget.target_ratio * (1 - USED_ENOUGH / 2) - offset  # in the corrected table's ratio
-        cost = self._cost_fn()
+        kept = self._give_back(path, hi, 1 - (1 - aim) / lut.scale)  # the same, in the walk's raw ratio
+        if kept is None:
+            return None
+        path.hi = hi + 1
+        for probe in path.probes:
+            if probe["index"] >= hi:  # the plans after the new one moved up by one
+                probe["index"] += 1
+        return hi
+
+    def _give_back(self, path: Path, hi: int, cap: float) -> Kept | None:
+        """The path's plan `hi` with removals given back, most value regained per unit of resource first,
+        while the walk's cost stays within `cap` (a ratio of the base's); inserted before `hi`, or None
+        when nothing fits. A step of the walk can save a lot at once (a dropped block, a jump past a flat
+        stretch of the staircase), so a path can cross the budget in one step: on ResNet-20 at batch 1 it
+        went from 0.560x (missed 0.55x) to 0.486x, leaving 12% of the budget unused. Filling the plan
+        under that step solves the knapsack at the budget, not only along the path."""
+        if path.loss is None:
+            return None
+        loss, cost = path.loss, self._cost_fn()
         base = cost(path.plans[0])
-        cap = (1 - (1 - aim) / lut.scale) * base  # the same, in the walk's raw cost
         kept = dict(path.plans[hi])
         pos = {n: s.index(kept[n]) for n, s in path.steps.items()}
         now = cost(kept)
@@ -294,7 +312,7 @@ class HALPAgent(Agent):
                     new = path.steps[n][p + j]
                     after = cost({**kept, n: new})
                     regained = loss(n, kept[n]) - loss(n, new)
-                    if after > cap or regained <= 0:
+                    if after > cap * base or regained <= 0:
                         continue
                     value = regained / max(after - now, base * 1e-9)
                     if choice is None or value > choice[0]:
@@ -307,11 +325,7 @@ class HALPAgent(Agent):
             return None
         path.plans.insert(hi, kept)
         path.predicted.insert(hi, now / base)
-        path.hi = hi + 1
-        for probe in path.probes:
-            if probe["index"] >= hi:  # the plans after the new one moved up by one
-                probe["index"] += 1
-        return hi
+        return kept
 
     def suggest(self) -> list[Candidate]:
         if not self._scanned:  # sensitivity: each dimension alone at each scan ratio, plus the base

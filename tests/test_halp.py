@@ -114,6 +114,20 @@ def test_a_path_that_crosses_the_budget_in_one_step_is_filled_back_up_to_it(tmp_
     assert path.filled and len(path.plans) == len(original) + 1
 
 
+def test_an_exact_budget_prefix_is_filled_back_up_to_the_budget() -> None:
+    space = make_space("small_cnn", 8, round_to=2)
+    budget = Budget("flops", 0.5 * space.flops, float(space.flops))
+    agent = HALPAgent(SearchContext(space, budget, 0), variants=["magnitude"])
+    (path,) = agent.paths
+    coarse = [i for i, plan in enumerate(path.plans) if not 0.4 < agent._exact_ratio(plan) < 0.6]
+    path.plans, path.predicted = [path.plans[i] for i in coarse], [path.predicted[i] for i in coarse]
+    under = next(plan for plan in path.plans if agent._exact_ratio(plan) <= 0.5)
+    (cand,) = agent.suggest()
+    filled = path.plans[int(cand.tag["index"])]
+    assert agent._exact_ratio(under) <= 0.4 < 0.45 < agent._exact_ratio(filled) <= 0.5
+    assert all(filled[n] >= under[n] for n in under)  # removals given back, none taken
+
+
 def test_a_single_near_base_plan_barely_moves_the_calibration() -> None:
     assert fit_scale([]) == 1.0
     assert 0.9 < fit_scale([(0.97, 0.99)]) <= 1.0  # savings 3% predicted, 1% measured: noise-sized
