@@ -83,9 +83,11 @@ def test_walk_shrinks_monotonically_to_the_smallest_plan_and_lands_on_the_budget
     assert flops <= budget.limit < space.cost(agent._ratios(walk.plans[i - 1]))[0]
 
 
-def test_a_path_that_crosses_the_budget_in_one_step_is_filled_back_up_to_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slower", [1.0, 1.1])
+def test_a_path_that_crosses_the_budget_in_one_step_is_filled_back_up_to_it(tmp_path: Path, slower: float) -> None:
     """ResNet-20 at batch 1: one block dropped took the walk from 0.560x (missed 0.55x) to 0.486x. Between the
-    bracket's ends the plan that met gets removals back, up to the budget, and is timed."""
+    bracket's ends the plan that met gets removals back, up to the budget, and is timed; the device may be
+    slower than the table (`slower`), and the bracket's own timings say by how much."""
     space = make_space("small_cnn", 8, round_to=2)
     lut = LatencyTable(space, LatencyMeter(MeterSettings(batch_size=4, warmup=1, repeats=3), timer=macs_timer),
                        tmp_path, repeats=3)
@@ -99,14 +101,14 @@ def test_a_path_that_crosses_the_budget_in_one_step_is_filled_back_up_to_it(tmp_
     path.plans, path.predicted = [path.plans[i] for i in coarse], [path.predicted[i] for i in coarse]
     original = list(path.plans)
     timed: list[float] = []
-    while batch := agent.suggest():  # the device agrees with the table exactly
+    while batch := agent.suggest():
         (cand,) = batch
-        ratio = lut.ratio(path.plans[int(cand.tag["index"])])
+        ratio = slower * lut.ratio(path.plans[int(cand.tag["index"])])
         timed.append(ratio)
         agent.observe([Evaluation(cand, 0, 0, ratio <= 0.5, 1 - ratio, ratio, (ratio, ratio), "measured")])
-    assert min(timed) <= 0.4 and any(r >= 0.6 for r in timed)  # the bracket was found on the coarse path
+    assert min(timed) <= 0.4 * slower and any(r >= 0.6 * slower for r in timed)  # bracketed on the coarse path
     best = agent.best()
-    assert best is not None and 0.45 < timed[-1] == best.latency_ratio <= 0.5  # then the gap was filled
+    assert best is not None and 0.47 < timed[-1] == best.latency_ratio <= 0.5  # then the gap was filled
     filled = path.plans[int(best.candidate.tag["index"])]
     below = path.plans[path.hi + 1] if path.hi is not None else None
     assert filled not in original and below in original and below is not None
