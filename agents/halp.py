@@ -315,7 +315,7 @@ class HALPAgent(Agent):
                     new = path.steps[n][p + j]
                     after = cost({**kept, n: new})
                     regained = loss(n, kept[n]) - loss(n, new)
-                    if after > cap * base or regained <= 0:
+                    if after > cap * base or regained < 0:  # 0: a drop under the scan's noise, still worth the budget
                         continue
                     value = regained / max(after - now, base * 1e-9)
                     if choice is None or value > choice[0]:
