@@ -63,7 +63,7 @@ class Path:
     done: bool = False
     loss: Callable[[str, int], float] | None = None  # a walk's value of each removal (None: the uniform path)
     steps: dict[str, list[int]] = field(default_factory=dict)  # each item's kept counts on the walk
-    filled: bool = False  # the bracket's gap was filled once (`HALPAgent._fill`)
+    filled: dict[str, Any] | None = None  # what the one fill of the bracket's gap aimed at (`HALPAgent._fill`)
 
 
 class HALPAgent(Agent):
@@ -275,9 +275,8 @@ class HALPAgent(Agent):
         1.0, when nothing less pruned was timed): exact at both ends, where the table alone was 3-5% off
         at ResNet-20's batch-1 bracket. Returns the new plan's index, inserted between the bracket's
         ends, or None when nothing fits."""
-        if path.filled or path.loss is None or path.best is None or path.hi is None:
+        if path.filled is not None or path.loss is None or path.best is None or path.hi is None:
             return None
-        path.filled = True
         lut, hi, lo = self.ctx.lut, path.hi, path.lo
         assert lut is not None
         timed = {p["index"]: p["latency_ratio"] for p in path.probes if p["latency_ratio"] is not None}
@@ -285,7 +284,10 @@ class HALPAgent(Agent):
         p_lo, m_lo = lut.ratio(path.plans[lo]), timed.get(lo, 1.0)  # lo is timed, or the base
         slope = (p_lo - p_hi) / (m_lo - m_hi) if m_lo > m_hi and p_lo > p_hi else 1.0
         aim = p_hi + (self.ctx.budget.target_ratio * (1 - USED_ENOUGH / 2) - m_hi) * slope  # the corrected table's
-        kept = self._give_back(path, hi, 1 - (1 - aim) / lut.scale)  # the same, in the walk's raw ratio
+        cap = 1 - (1 - aim) / lut.scale  # the same, in the walk's raw ratio
+        path.filled = {"from": path.predicted[hi], "cap": cap, "aim": aim, "slope": slope}
+        kept = self._give_back(path, hi, cap)
+        path.filled["given_back"] = kept is not None
         if kept is None:
             return None
         path.hi = hi + 1
@@ -419,7 +421,7 @@ class HALPAgent(Agent):
                 "scan": {"base_val_acc": self.base_acc, "ratios": self.scan_ratios, "drops": self.drops,
                          "block_drops": self.block_drops},
                 "lut_scale": self.ctx.lut.scale if self.ctx.lut is not None else None,
-                "variants": [{"name": p.name, "path_length": len(p.plans), "probes": p.probes,
+                "variants": [{"name": p.name, "path_length": len(p.plans), "probes": p.probes, "fill": p.filled,
                               "val_acc": p.best.val_acc if p.best else None,
                               "latency_ratio": p.best.latency_ratio if p.best else None,
                               "chosen": chosen is not None and p.best is chosen} for p in self.paths]}

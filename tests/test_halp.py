@@ -113,7 +113,7 @@ def test_a_path_that_crosses_the_budget_in_one_step_is_filled_back_up_to_it(tmp_
     below = path.plans[path.hi + 1] if path.hi is not None else None
     assert filled not in original and below in original and below is not None
     assert all(filled[n] >= below[n] for n in below) and filled != below  # removals given back, none taken
-    assert path.filled and len(path.plans) == len(original) + 1
+    assert path.filled is not None and path.filled["given_back"] and len(path.plans) == len(original) + 1
 
 
 @pytest.mark.parametrize("flat", [False, True])
