@@ -22,14 +22,6 @@ does not shrink with the channels): a table off by 10% near a budget steers ever
 search. So the table also learns from every whole plan the job times on the device (`observe`):
 predicted savings are scaled by the least-squares factor between predicted and measured savings
 (1 - ratio), a correction that is exact at the base and fitted where the search makes decisions.
-
-A cached table was timed in another process, and a whole process can run slower or faster than
-another: one ran ResNet-20's layers at 1.65x the cached times, its base at 3.7 ms against 2.2 ms.
-Fitted to such a base, the rest swallowed the difference (1.7-1.9 ms against 0.2-0.6 ms timed in one
-process; across six batch-1 jobs on one cache it came out anywhere from 0.03 to 0.91 ms), and the
-share model then over-predicted channel plans by up to 29%. So `build` re-times each cached layer at
-full width in this process and rescales the cached entries by the drift (`drift`) before the rest
-is fitted.
 """
 
 from __future__ import annotations
@@ -89,7 +81,6 @@ class LatencyTable:
         self.layer_scale = 1.0  # < 1 when the layers timed alone add up to more than the whole base model
         self.observed: list[tuple[float, float]] = []  # (table's raw ratio, measured ratio) of whole plans
         self.scale = 1.0  # measured savings / predicted savings, fitted on `observed`
-        self.drift = 1.0  # this process's timings / the cache's, on its layers at full width (`build`)
         if space.sparse:
             raise ValueError("a latency lookup table models channel and depth plans; fine-grained zeros run "
                              "at dense speed")
@@ -129,40 +120,24 @@ class LatencyTable:
         return _grid(info.in_channels, info.name in self._prunable_in), outs
 
     def build(self, progress: ProgressFn | None = None) -> int:
-        """Re-level what came from the cache to this process, then time every missing grid point;
-        returns how many grid points were timed."""
-        layers = list({self._key(i): i for i in self.space.layers}.values())
-        self._relevel([i for i in layers if f"{i.in_channels},{i.out_channels}" in self.entries.get(self._key(i), {})])
+        """Time every missing grid point; returns how many were timed."""
         todo = []
-        for info in layers:
+        for info in {self._key(i): i for i in self.space.layers}.values():
             table = self.entries.setdefault(self._key(info), {})
             cins, couts = self._axes(info)
             pairs = zip(couts, couts, strict=True) if info.kind == "dwconv" else ((a, b) for a in cins for b in couts)
             todo += [(info, a, b) for a, b in pairs if f"{a},{b}" not in table]
+        batch = self.meter.settings.batch_size
         for n, (info, cin, cout) in enumerate(todo, 1):
-            self.entries[self._key(info)][f"{cin},{cout}"] = self._time(info, cin, cout)
+            module, shape = layer_module(info, cin, cout)
+            x = torch.randn(batch, *shape[1:])
+            stats = self.meter.measure(module, x, repeats=self.repeats)
+            self.entries[self._key(info)][f"{cin},{cout}"] = stats.median_ms
             if progress:
                 progress(n, len(todo))
         if todo:
             self._save()
         return len(todo)
-
-    def _time(self, info: LayerInfo, cin: int, cout: int) -> float:
-        module, shape = layer_module(info, cin, cout)
-        return self.meter.measure(module, torch.randn(self.meter.settings.batch_size, *shape[1:]),
-                                  repeats=self.repeats).median_ms
-
-    def _relevel(self, cached: list[LayerInfo]) -> None:
-        """Scale the cached entries by this process's drift: its timings of the cached layers at full width
-        against the cache's (see the module docstring)."""
-        if not cached:
-            return
-        now = sum(self._time(i, i.in_channels, i.out_channels) for i in cached)
-        then = sum(self.entries[self._key(i)][f"{i.in_channels},{i.out_channels}"] for i in cached)
-        self.drift = now / then
-        for info in cached:
-            key = self._key(info)
-            self.entries[key] = {point: ms * self.drift for point, ms in self.entries[key].items()}
 
     def layer_ms(self, info: LayerInfo, cin: int, cout: int) -> float:
         """Bilinear interpolation on the layer's grid (clamped at the grid's edges)."""

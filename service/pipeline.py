@@ -410,7 +410,7 @@ def build_report(prep: Prepared, found: Searched, fin: Finalized, phases: Phases
                           "raw_predicted_latency_ratio": lut.raw_ratio(space.kept_for(ratios)),
                           "error_vs_measured": predicted / final.ratio - 1,
                           "plan_calibration": {"scale": lut.scale, "pairs": len(lut.observed)},
-                          "overhead_ms": lut.overhead_ms, "layer_scale": lut.layer_scale, "drift": lut.drift,
+                          "overhead_ms": lut.overhead_ms, "layer_scale": lut.layer_scale,
                           "layers_ms": {"base": lut.breakdown(space.kept_for({})),
                                         "pruned": lut.breakdown(space.kept_for(ratios))}}
                          if lut is not None else None),
