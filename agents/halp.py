@@ -248,8 +248,8 @@ class HALPAgent(Agent):
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if self._exact_ratio(path.plans[mid]) <= target else (mid, hi)
             filled = self._give_back(path, hi, target)  # the walk's counts are per layer: checked exactly
-            if filled is not None and self._exact_ratio(filled) > target:
-                del path.plans[hi], path.predicted[hi]
+            if filled is not None and self._exact_ratio(filled[0]) <= target:
+                self._insert(path, hi, *filled)
             return hi
         lut = self.ctx.lut
         assert lut is not None
@@ -286,20 +286,28 @@ class HALPAgent(Agent):
         aim = p_hi + (self.ctx.budget.target_ratio * (1 - USED_ENOUGH / 2) - m_hi) * slope  # the corrected table's
         cap = 1 - (1 - aim) / lut.scale  # the same, in the walk's raw ratio
         path.filled = {"from": path.predicted[hi], "cap": cap, "aim": aim, "slope": slope}
-        kept = self._give_back(path, hi, cap)
-        path.filled["given_back"] = kept is not None
-        if kept is None:
+        filled = self._give_back(path, hi, cap)
+        path.filled["given_back"] = filled is not None
+        if filled is None:
             return None
-        path.hi = hi + 1
-        for probe in path.probes:
-            if probe["index"] >= hi:  # the plans after the new one moved up by one
-                probe["index"] += 1
+        self._insert(path, hi, *filled)
         return hi
 
-    def _give_back(self, path: Path, hi: int, cap: float) -> Kept | None:
+    @staticmethod
+    def _insert(path: Path, i: int, kept: Kept, predicted: float) -> None:
+        """A plan put into the path at index `i`: what the search knows of the plans after it moves up."""
+        path.plans.insert(i, kept)
+        path.predicted.insert(i, predicted)
+        if path.hi is not None and path.hi >= i:
+            path.hi += 1
+        for probe in path.probes:
+            if probe["index"] >= i:
+                probe["index"] += 1
+
+    def _give_back(self, path: Path, hi: int, cap: float) -> tuple[Kept, float] | None:
         """The path's plan `hi` with removals given back, most value regained per unit of resource first,
-        while the walk's cost stays within `cap` (a ratio of the base's); inserted before `hi`, or None
-        when nothing fits. A step of the walk can save a lot at once (a dropped block, a jump past a flat
+        while the walk's cost stays within `cap` (a ratio of the base's), with its ratio; None when
+        nothing fits. A step of the walk can save a lot at once (a dropped block, a jump past a flat
         stretch of the staircase), so a path can cross the budget in one step: on ResNet-20 at batch 1 it
         went from 0.560x (missed 0.55x) to 0.486x, leaving 12% of the budget unused. Filling the plan
         under that step solves the knapsack at the budget, not only along the path."""
@@ -326,11 +334,7 @@ class HALPAgent(Agent):
                 break
             _, n, pos[n], now = choice
             kept[n] = path.steps[n][pos[n]]
-        if kept == path.plans[hi]:
-            return None
-        path.plans.insert(hi, kept)
-        path.predicted.insert(hi, now / base)
-        return kept
+        return None if kept == path.plans[hi] else (kept, now / base)
 
     def suggest(self) -> list[Candidate]:
         if not self._scanned:  # sensitivity: each dimension alone at each scan ratio, plus the base
