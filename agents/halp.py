@@ -46,6 +46,7 @@ DEFAULT_VARIANTS = ("sensitivity", "taylor", "uniform")
 SPARSE_STEPS = 32  # kept counts per fine-grained layer on the walk
 LOOKAHEAD = 16  # grid steps one removal may take at once: the whole grid, to reach past any flat stretch
 USED_ENOUGH = 0.02  # a plan within 2% under the budget ends its path's search
+FILL_MARGIN = 0.03  # the fill aims this far under a latency budget: aimed 1% under, it timed 0.5% over (ResNet-20 b1)
 Kept = dict[str, int]
 
 
@@ -283,7 +284,7 @@ class HALPAgent(Agent):
         p_hi, m_hi = lut.ratio(path.plans[hi]), timed[hi]
         p_lo, m_lo = lut.ratio(path.plans[lo]), timed.get(lo, 1.0)  # lo is timed, or the base
         slope = (p_lo - p_hi) / (m_lo - m_hi) if m_lo > m_hi and p_lo > p_hi else 1.0
-        aim = p_hi + (self.ctx.budget.target_ratio * (1 - USED_ENOUGH / 2) - m_hi) * slope  # the corrected table's
+        aim = p_hi + (self.ctx.budget.target_ratio * (1 - FILL_MARGIN) - m_hi) * slope  # the corrected table's
         cap = 1 - (1 - aim) / lut.scale  # the same, in the walk's raw ratio
         path.filled = {"from": path.predicted[hi], "cap": cap, "aim": aim, "slope": slope}
         filled = self._give_back(path, hi, cap)
