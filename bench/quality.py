@@ -72,10 +72,10 @@ Row = tuple[str, str, str, str]  # strategy, budget, criterion, space
 LATENCY_STRATEGIES = ("uniform", "global", "halp")  # baselines first, then the searched rows
 SUITES: dict[str, list[Row]] = {
     # the headline (issue: search that pays): measured latency, both architectures, batch 32 and 1, the same
-    # distilled fine-tune for every row; width + depth (Optuna or HALP on channels + blocks) searched at batch 1
+    # distilled fine-tune for every row; width + depth (Optuna or HALP on channels + blocks) at both batches
     "latency": [(s, f"latency {t}x{b}", "l1", arch) for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
                 for t in (0.55, 0.4, 0.7) for s in LATENCY_STRATEGIES]
-    + [(s, f"latency {t}x b1", "l1", f"{arch}+depth") for arch in ("resnet20", "mobilenetv2")
+    + [(s, f"latency {t}x{b}", "l1", f"{arch}+depth") for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
        for t in (0.55, 0.4, 0.7) for s in ("optuna", "halp")],
     # the headline table: every strategy, one criterion, two budgets
     "main": [(s, b, "l1", "resnet20") for b in ("latency 0.5x", "flops 0.5x") for s in STRATEGIES],
