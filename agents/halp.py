@@ -72,7 +72,7 @@ class HALPAgent(Agent):
 
     def __init__(self, ctx: SearchContext, variants: Sequence[str] = DEFAULT_VARIANTS,
                  scan_ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9), max_scan: int = 60,
-                 confirm_steps: int = 5, short_steps: int = 0) -> None:
+                 confirm_steps: int = 5, short_steps: int = 0, scan_steps: int = 0) -> None:
         super().__init__(ctx)
         space = ctx.space
         self.widths = [d for d in space.dimensions if not d.binary]  # units to allocate; N:M stays off
@@ -84,7 +84,7 @@ class HALPAgent(Agent):
             raise ValueError("halp under a latency budget needs the lookup table")
         self.variants = [parse_variant(v) for v in variants]
         self.scan_ratios = thinned(sorted(set(scan_ratios)), max(1, max_scan // len(self.widths)))
-        self.confirm_steps, self.short_steps = confirm_steps, short_steps
+        self.confirm_steps, self.short_steps, self.scan_steps = confirm_steps, short_steps, scan_steps
         self.fixed = {d.name: 0.0 for d in space.dimensions if d not in self.widths and d not in self.blocks}
         self._ms_cache: dict[tuple[str, int, int], float] = {}
         self._layers = {layer.name: layer for layer in space.layers}
@@ -341,11 +341,11 @@ class HALPAgent(Agent):
         if not self._scanned:  # sensitivity: each dimension alone at each scan ratio, plus the base
             if self._pending:
                 return []
-            batch = [self.candidate({}, latency="none", short_steps=0, group=None, ratio=0.0)]
-            batch += [self.candidate({d.name: min(r, d.max_ratio)}, latency="none", short_steps=0, group=d.name,
-                                     ratio=r) for d in self.widths for r in self.scan_ratios]
-            batch += [self.candidate({d.name: 1.0}, latency="none", short_steps=0, group=d.name, ratio=1.0)
-                      for d in self.blocks]
+            def scan(ratios: dict[str, float], group: str | None, ratio: float) -> Candidate:
+                return self.candidate(ratios, latency="none", short_steps=self.scan_steps, group=group, ratio=ratio)
+            batch = [scan({}, None, 0.0)]
+            batch += [scan({d.name: min(r, d.max_ratio)}, d.name, r) for d in self.widths for r in self.scan_ratios]
+            batch += [scan({d.name: 1.0}, d.name, 1.0) for d in self.blocks]
             self._pending = {c.id: None for c in batch}
             return batch
         out = []

@@ -154,6 +154,9 @@ class HALPStrategy(StrategyParams):
                                       "fewer ratios (evenly spread, the largest kept), so wide nets scan cheaply")
     confirm_steps: int = Field(5, ge=1, le=30, description="device timings per variant to land it on the budget")
     short_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring a variant's plan")
+    scan_steps: int = Field(0, ge=0, le=100_000, description="fine-tune steps before scoring each sensitivity scan "
+                            "point: values each removal by what a fine-tune cannot recover (NetAdapt's short-term "
+                            "fine-tune), at that many steps' cost per scan point")
 
 
 StrategySpec = Annotated[

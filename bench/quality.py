@@ -38,6 +38,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "amc": {"episodes": 100, "warmup_episodes": 20},
     "optuna": {"trials": 50, "parallel": 2},
     "halp": {},
+    "halp scan20": {"name": "halp", "scan_steps": 20},  # the scan valued after a 20-step fine-tune (a variant)
 }
 BUDGETS: dict[str, dict[str, Any]] = {
     "latency 0.5x": {"metric": "latency_ms", "target": 0.5},
@@ -76,7 +77,8 @@ SUITES: dict[str, list[Row]] = {
     "latency": [(s, f"latency {t}x{b}", "l1", arch) for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
                 for t in (0.55, 0.4, 0.7) for s in LATENCY_STRATEGIES]
     + [(s, f"latency {t}x{b}", "l1", f"{arch}+depth") for arch in ("resnet20", "mobilenetv2") for b in ("", " b1")
-       for t in (0.55, 0.4, 0.7) for s in ("optuna", "halp")],
+       for t in (0.55, 0.4, 0.7) for s in ("optuna", "halp")]
+    + [("halp scan20", "latency 0.55x b1", "l1", "resnet20+depth")],  # does a post-fine-tune scan value pay?
     # the headline table: every strategy, one criterion, two budgets
     "main": [(s, b, "l1", "resnet20") for b in ("latency 0.5x", "flops 0.5x") for s in STRATEGIES],
     # criteria under the strategy that wins the main table at 0.5x FLOPs
@@ -103,7 +105,7 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space:
     budget = dict(budget)
     batch_size = budget.pop("batch_size", 32)
     return parse_spec({
-        "name": f"quality-{strategy}-{budget['metric']}{budget['target']}-b{batch_size}-{criterion}-"
+        "name": f"quality-{strategy.replace(' ', '_')}-{budget['metric']}{budget['target']}-b{batch_size}-{criterion}-"
                 f"{space.replace(' ', '_')}-{seed}",
         "model": {"arch": model["arch"], "num_classes": 10, "in_channels": 1, "input_size": 28,
                   "weights": str(model["weights"])},
@@ -120,25 +122,28 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space:
     })
 
 
-def job_fields(spec: JobSpec, budget_name: str, space: str) -> dict[str, Any]:
-    """What names a row, whether the job returned a plan or refused its budget."""
+def job_fields(spec: JobSpec, strategy: str, budget_name: str, space: str) -> dict[str, Any]:
+    """What names a row, whether the job returned a plan or refused its budget (`strategy`: the bench's
+    label, which names a configuration too, e.g. "halp scan20")."""
     return {"arch": spec.model.arch, "batch_size": spec.device.batch_size,
             "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
-            "strategy": spec.strategy.name, "budget": budget_name, "budget_metric": spec.budget.metric,
+            "strategy": strategy, "budget": budget_name, "budget_metric": spec.budget.metric,
             "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
             "cpu": environment()["cpu"], "commit": environment()["commit"]}
 
 
-def unreachable_row(spec: JobSpec, budget_name: str, space: str, error: BudgetUnreachableError) -> dict[str, Any]:
+def unreachable_row(spec: JobSpec, strategy: str, budget_name: str, space: str,
+                    error: BudgetUnreachableError) -> dict[str, Any]:
     """A job that refused its budget: no plan, so no accuracy or ratio, and the job's own message."""
-    return {**job_fields(spec, budget_name, space), "budget_met": False, "unreachable": str(error)}
+    return {**job_fields(spec, strategy, budget_name, space), "budget_met": False, "unreachable": str(error)}
 
 
-def row(spec: JobSpec, budget_name: str, space: str, report: dict[str, Any], wall: float) -> dict[str, Any]:
+def row(spec: JobSpec, strategy: str, budget_name: str, space: str, report: dict[str, Any],
+        wall: float) -> dict[str, Any]:
     base, pruned, ratios = report["base"], report["pruned"], report["ratios"]
     sizes = report.get("size_bytes", {})
     return {
-        **job_fields(spec, budget_name, space),
+        **job_fields(spec, strategy, budget_name, space),
         "source": report.get("selected", {}).get("source"), "verdict": report.get("budget_verdict"),
         "teacher_test_acc": report.get("teacher", {}).get("test_acc"),
         "val_acc": pruned["val_acc"], "test_acc": pruned["test_acc"], "test_acc_ft": pruned.get("test_acc_ft"),
@@ -343,9 +348,9 @@ def main() -> None:
         start = time.perf_counter()
         try:
             report = run_job(spec, Path(args.runs) / str(spec.name)).report
-            rows.append(row(spec, budget_name, space, report, time.perf_counter() - start))
+            rows.append(row(spec, strategy, budget_name, space, report, time.perf_counter() - start))
         except BudgetUnreachableError as exc:  # a result too: this space cannot reach the budget on this device
-            rows.append(unreachable_row(spec, budget_name, space, exc))
+            rows.append(unreachable_row(spec, strategy, budget_name, space, exc))
         done.add((strategy, budget_name, seed, criterion, space))
         print(json.dumps(rows[-1]), flush=True)
         write("quality", rows, render(rows))  # after every row: an interrupted run keeps what it finished

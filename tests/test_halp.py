@@ -43,6 +43,8 @@ def test_a_wide_network_is_scanned_at_fewer_ratios_within_max_scan() -> None:
     assert full.scan_ratios == ratios and capped.scan_ratios == [0.5, 0.9]  # spread out, the largest kept
     scan = capped.suggest()
     assert len(scan) == 1 + 2 * groups and {c.tag["ratio"] for c in scan[1:]} == {0.5, 0.9}
+    stepped = HALPAgent(SearchContext(space, budget, 0), variants=["sensitivity"], scan_ratios=ratios, scan_steps=20)
+    assert {c.short_steps for c in scan} == {0} and {c.short_steps for c in stepped.suggest()} == {20}  # base too
 
 
 def test_blocks_are_knapsack_items_on_the_sensitivity_path_only() -> None:
