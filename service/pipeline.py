@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -371,6 +371,14 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
     return Finalized(choice, final, ratios, pruned, scores)
 
 
+def ranking(ranked: Sequence[selection.Contender]) -> list[dict[str, Any]]:
+    """The leading contenders in the order the final choice tried them: why a job returned a baseline, or
+    another plan than its agent's own choice, shows in their scores before and after `refine`."""
+    return [{"source": c.source, "candidate": c.evaluation.candidate.id, "val_acc": c.evaluation.val_acc,
+             "val_acc_common_recipe": c.first_score, "search_latency_ratio": c.evaluation.latency_ratio}
+            for c in ranked[:selection.MAX_RETIMES]]
+
+
 def build_report(prep: Prepared, found: Searched, fin: Finalized, phases: Phases, files: dict[str, Any],
                  meter: LatencyMeter) -> dict[str, Any]:
     """report.json: the one account of the job (README, "run writes into its folder")."""
@@ -392,7 +400,8 @@ def build_report(prep: Prepared, found: Searched, fin: Finalized, phases: Phases
                      "val_acc_common_recipe": fin.choice.contender.first_score,
                      "selection_steps": spec.evaluation.selection_steps,
                      "agent_choice": outcome.best.candidate.id if outcome.best else None,
-                     "contenders": len(found.ranked), "retimes": fin.choice.attempts},
+                     "contenders": len(found.ranked), "ranking": ranking(found.ranked),
+                     "retimes": fin.choice.attempts},
         "latency": latency_account(final, budget, verdict),
         "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(final.base),
                  "latency_budget_phase": asdict(prep.base_latency)},

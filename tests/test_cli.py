@@ -86,6 +86,10 @@ def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
     assert [e["ratio"] for e in events if e["type"] == "sweep_point"] == [0.3, 0.6]
     assert report["selected"]["candidate_id"] not in {p["id"] for p in sweep}
     assert all(h["id"] not in {p["id"] for p in sweep} for h in history)
+    leaders = report["selected"]["ranking"]  # the order the final choice tried: the chosen plan among them
+    assert leaders and all(c["source"] == "search" and c["val_acc"] is not None for c in leaders)  # uniform
+    chosen = report["selected"]
+    assert "tightened" in chosen["source"] or chosen["candidate_id"] in {c["candidate"] for c in leaders}
 
 
 def test_cli_run_then_evaluate(tmp_path: Path) -> None:
