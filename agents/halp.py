@@ -93,7 +93,7 @@ class HALPAgent(Agent):
         self._layers = {layer.name: layer for layer in space.layers}
         self.drops: dict[str, list[float]] = {}  # sensitivity: accuracy drop per scan ratio, per dimension
         self.block_drops: dict[str, float] = {}  # sensitivity: accuracy drop with the block dropped alone
-        self.runs = block_runs(self.blocks, self._layers)  # adjacent droppable blocks, scanned dropped together
+        self.runs = block_runs(self.blocks, self._layers)  # name -> adjacent droppable blocks, scanned together
         self.run_drops: dict[str, float] = {}  # sensitivity: beyond its blocks' drops, what a run loses at once
         self.base_acc: float | None = None
         self._scanned = not any(kind == "sensitivity" for kind, _ in self.variants)
@@ -185,11 +185,11 @@ class HALPAgent(Agent):
         valued alone let the walk drop the whole 28x28 stage, and the plan lost the final choice to the
         uniform baseline (0.907 after fine-tuning)."""
         out = 0.0
-        for run in self.runs:
+        for name, run in self.runs.items():
             if n in run:
                 before = all(kept[b] == 0 for b in run)
                 after = all((new if b == n else kept[b]) == 0 for b in run)
-                out += (after - before) * self.run_drops.get("+".join(run), 0.0)
+                out += (after - before) * self.run_drops.get(name, 0.0)
         return out
 
     def _uniform_path(self, points: int = 200) -> Path:
@@ -364,7 +364,7 @@ class HALPAgent(Agent):
             batch = [scan({}, None, 0.0)]
             batch += [scan({d.name: min(r, d.max_ratio)}, d.name, r) for d in self.widths for r in self.scan_ratios]
             batch += [scan({d.name: 1.0}, d.name, 1.0) for d in self.blocks]
-            batch += [scan(dict.fromkeys(run, 1.0), "+".join(run), 1.0) for run in self.runs]
+            batch += [scan(dict.fromkeys(run, 1.0), name, 1.0) for name, run in self.runs.items()]
             self._pending = {c.id: None for c in batch}
             return batch
         out = []
@@ -390,7 +390,7 @@ class HALPAgent(Agent):
                 self.base_acc = float(r.val_acc or 0.0)
             elif group in {d.name for d in self.blocks}:
                 self.block_drops[group] = -float(r.val_acc or 0.0)  # made a drop once the base is known
-            elif group in {"+".join(run) for run in self.runs}:
+            elif group in self.runs:
                 self.run_drops[group] = -float(r.val_acc or 0.0)
             else:
                 self.drops.setdefault(group, [0.0] * len(self.scan_ratios))[self.scan_ratios.index(ratio)] = \
@@ -405,7 +405,7 @@ class HALPAgent(Agent):
                 curve.append(worst)
             self.drops[n] = curve
         self.block_drops = {n: max(0.0, self.base_acc + a) for n, a in self.block_drops.items()}
-        self.run_drops = {g: max(0.0, self.base_acc + a - sum(self.block_drops[b] for b in g.split("+")))
+        self.run_drops = {g: max(0.0, self.base_acc + a - sum(self.block_drops[b] for b in self.runs[g]))
                           for g, a in self.run_drops.items()}  # the excess over the blocks' own drops
         self._scanned = True
         self.paths = self._paths()
@@ -483,9 +483,10 @@ def _interp_drop(ratios: Sequence[float], drops: Sequence[float], ratio: float) 
     return ys[i] + t * (ys[i + 1] - ys[i])
 
 
-def block_runs(blocks: Sequence[Dimension], layers: Mapping[str, LayerInfo]) -> list[tuple[str, ...]]:
-    """Maximal runs of two or more droppable blocks with no other layer between them, in forward order:
-    ResNet-20's layer1.0-1.2, layer2.1-2.2 and layer3.1-3.2 (layer2.0 and layer3.0 change shape and stay)."""
+def block_runs(blocks: Sequence[Dimension], layers: Mapping[str, LayerInfo]) -> dict[str, tuple[str, ...]]:
+    """Maximal runs of two or more droppable blocks with no other layer between them, in forward order,
+    each named by its blocks joined with "+": ResNet-20's layer1.0-1.2, layer2.1-2.2 and layer3.1-3.2
+    (layer2.0 and layer3.0 change shape and stay)."""
     runs: list[list[Dimension]] = []
     for d in sorted(blocks, key=lambda d: d.layer.index):
         prev = runs[-1][-1] if runs else None
@@ -493,4 +494,4 @@ def block_runs(blocks: Sequence[Dimension], layers: Mapping[str, LayerInfo]) -> 
             runs[-1].append(d)
         else:
             runs.append([d])
-    return [tuple(d.name for d in run) for run in runs if len(run) > 1]
+    return {"+".join(d.name for d in run): tuple(d.name for d in run) for run in runs if len(run) > 1}

@@ -53,7 +53,7 @@ def test_blocks_are_knapsack_items_on_the_sensitivity_path_only() -> None:
     agent = HALPAgent(SearchContext(space, budget, 0), variants=["sensitivity", "magnitude"], scan_ratios=[0.5, 0.9])
     scan = agent.suggest()
     blocks = [d.name for d in agent.blocks]
-    assert len(blocks) == 7 and [c.tag["group"] for c in scan if c.tag["ratio"] == 1.0][:7] == blocks
+    assert len(blocks) == 7 and [c.tag["group"] for c in scan if c.tag["ratio"] == 1.0] == [*blocks, *agent.runs]
     assert len(scan) == agent.planned_evaluations() - len(agent.variants)  # FLOPs: one probe per path
     free = blocks[1]  # dropping it alone costs nothing; every other removal loses accuracy
 
@@ -73,18 +73,21 @@ def test_a_run_of_blocks_dropped_together_costs_what_it_lost_together() -> None:
     space = make_space("resnet20", 8, kinds=("channel", "block"))
     budget = Budget("flops", 0.5 * space.flops, float(space.flops))
     agent = HALPAgent(SearchContext(space, budget, 0), variants=["sensitivity"], scan_ratios=[0.5, 0.9])
-    assert agent.runs == [("layer1.0", "layer1.1", "layer1.2"), ("layer2.1", "layer2.2"), ("layer3.1", "layer3.2")]
-    stage = agent.runs[0]
+    assert list(agent.runs.values()) == [("layer1.0", "layer1.1", "layer1.2"), ("layer2.1", "layer2.2"),
+                                         ("layer3.1", "layer3.2")]
+    name = "layer1.0+layer1.1+layer1.2"
+    stage = agent.runs[name]
     scan = agent.suggest()
-    assert [c.ratios for c in scan if "+" in str(c.tag["group"])] == [dict.fromkeys(r, 1.0) for r in agent.runs]
+    assert [c.ratios for c in scan if c.tag["group"] in agent.runs] == [dict.fromkeys(r, 1.0)
+                                                                        for r in agent.runs.values()]
     assert len(scan) == agent.planned_evaluations() - len(agent.variants)
 
     def scored(c: Candidate) -> Evaluation:  # each stage block is free alone; the stage gone loses 0.7
         g = c.tag["group"]
         return Evaluation(c, *space.cost(c.ratios), True, 0.9 if g is None or g in stage else
-                          0.2 if g == "+".join(stage) else 0.5)
+                          0.2 if g == name else 0.5)
     agent.observe([scored(c) for c in scan])
-    assert agent.run_drops["+".join(stage)] == pytest.approx(0.7) and agent.run_drops["layer2.1+layer2.2"] == 0.0
+    assert agent.run_drops[name] == pytest.approx(0.7) and agent.run_drops["layer2.1+layer2.2"] == 0.0
     (path,) = agent.paths
     emptied = next(i for i, plan in enumerate(path.plans) if all(plan[b] == 0 for b in stage))
     assert sum(path.plans[2][b] == 0 for b in stage) == 2  # the two free drops first
