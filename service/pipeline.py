@@ -338,16 +338,16 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
         return stats
 
     with phases("final_latency"):
-        # tightened fallbacks are scored here, in this process: the search's evaluators are closed
+        # tightened and widened plans are scored here, in this process: the search's evaluators are closed
         scorer = LocalEvaluator(space, data, prep.budget, accuracy_recipe(spec), None, prep.lut,
                                 should_stop=execution.should_stop)
         ctx = SearchContext(space=space, budget=prep.budget, seed=spec.seed, lut=prep.lut)
-        tighten = selection.tightener(ctx, scorer, spec.evaluation.selection_steps)
+        rescale = selection.rescaler(ctx, scorer, spec.evaluation.selection_steps)
         if not found.ranked and prep.budget.measured:
             raise BudgetUnreachableError(measured_floor(spec, space, [
                 e.latency_ratio for e in found.outcome.history
                 if e.latency_source == "measured" and e.latency_ratio is not None]))
-        choice = selection.choose(found.ranked, prep.budget, retime, emit, tighten)
+        choice = selection.choose(found.ranked, prep.budget, retime, emit, rescale)
         final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
     ratios = dict(choice.contender.evaluation.candidate.ratios)
     recipe = accuracy_recipe(spec)

@@ -4,6 +4,7 @@ the parts of "search that pays" a unit test can see (the quality itself lives in
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ from torch import nn
 from agents.base import Candidate, Evaluation, SearchContext
 from agents.budget import Budget
 from agents.halp import HALPAgent, parse_variant
-from agents.selection import TIGHTEN_AIM, Contender, choose, contenders, refine, tightened_ratios, tightener
+from agents.selection import (
+    RESCALE_AIM,
+    UNDERUSE,
+    Contender,
+    choose,
+    contenders,
+    refine,
+    rescaled_ratios,
+    rescaler,
+)
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable, fit_scale
 from measurement.training import Distillation, TrainConfig, train
@@ -228,7 +238,7 @@ def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
 
 
 class UnitsTable:
-    """A lookup table whose latency is the share of units kept (what `tightened_ratios` asks of one)."""
+    """A lookup table whose latency is the share of units kept (what `rescaled_ratios` asks of one)."""
 
     def __init__(self, space: Any) -> None:
         self.total = sum(d.units for d in space.dimensions)
@@ -243,7 +253,7 @@ def test_a_tightened_plan_keeps_the_allocation_and_is_predicted_just_under_the_g
     widths = [d.name for d in space.dimensions]
     plan = {n: r for n, r in zip(widths, (0.0, 0.25, 0.5), strict=False)}
     before = ctx.predicted_latency_ratio(plan)
-    out = tightened_ratios(ctx, plan, 0.8)
+    out = rescaled_ratios(ctx, plan, 0.8)
     assert out is not None
     assert 0.7 * before < ctx.predicted_latency_ratio(out) <= 0.8 * before  # just under: one round of units
     kept, tight = space.kept_for(plan), space.kept_for(out)
@@ -251,8 +261,8 @@ def test_a_tightened_plan_keeps_the_allocation_and_is_predicted_just_under_the_g
     share = {n: kept[n] / space.dimension(n).units for n in kept}
     tight_share = {n: tight[n] / space.dimension(n).units for n in tight}
     assert all(tight_share[a] >= tight_share[b] for a in kept for b in kept if share[a] > share[b])  # same order
-    assert tightened_ratios(ctx, plan, 0.01) is None  # no plan is that fast
-    assert tightened_ratios(replace(ctx, lut=None), plan, 0.8) is None
+    assert rescaled_ratios(ctx, plan, 0.01) is None  # no plan is that fast
+    assert rescaled_ratios(replace(ctx, lut=None), plan, 0.8) is None
 
 
 def test_a_contender_that_misses_its_re_timing_is_tightened_instead_of_falling_far() -> None:
@@ -278,14 +288,69 @@ def test_a_contender_that_misses_its_re_timing_is_tightened_instead_of_falling_f
         r = {1: 0.53, 2: 0.21}.get(e.candidate.id, ctx.predicted_latency_ratio(e.candidate.ratios))
         return Timed(r, r - 0.01, r + 0.01)
 
-    choice = choose(ranked, budget, retime, lambda event: None, tightener(ctx, evaluate, steps=0))
+    choice = choose(ranked, budget, retime, lambda event: None, rescaler(ctx, evaluate, steps=0))
     (t,) = asked
     assert t.latency == "none" and t.short_steps is None and t.tag["tightened_from"] == 1
-    assert ctx.predicted_latency_ratio(t.ratios) <= ctx.predicted_latency_ratio(edge) * TIGHTEN_AIM * 0.5 / 0.53
+    assert ctx.predicted_latency_ratio(t.ratios) <= ctx.predicted_latency_ratio(edge) * RESCALE_AIM * 0.5 / 0.53
     assert choice.contender.source == "search, tightened" and choice.verdict == "met"
     assert [a["verdict"] for a in choice.attempts] == ["missed", "met"]
     # without the fallback, the far smaller plan is what the job would return
     assert choose(ranked, budget, retime, lambda event: None).contender.source == "baseline:global"
+
+
+def test_a_widened_plan_keeps_the_allocation_and_is_predicted_just_under_the_goal() -> None:
+    space = make_space("small_cnn", 8)
+    ctx = SearchContext(space, Budget("latency_ms", 5.0, 10.0), 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+    plan = {d.name: r for d, r in zip(space.dimensions, (0.25, 0.5, 0.75), strict=False)}
+    before = ctx.predicted_latency_ratio(plan)
+    out = rescaled_ratios(ctx, plan, 1.3)
+    assert out is not None
+    assert 1.2 * before < ctx.predicted_latency_ratio(out) <= 1.3 * before
+    kept, wide = space.kept_for(plan), space.kept_for(out)
+    assert all(wide[n] >= kept[n] for n in kept) and wide != kept
+    share = {n: kept[n] / space.dimension(n).units for n in kept}
+    wide_share = {n: wide[n] / space.dimension(n).units for n in wide}
+    assert all(wide_share[a] >= wide_share[b] for a in kept for b in kept if share[a] > share[b])  # same order
+    whole = rescaled_ratios(ctx, plan, 100.0)
+    assert whole is not None and all(r == 0.0 for r in whole.values())  # every width whole, and no further
+    assert rescaled_ratios(ctx, whole, 1.3) is None  # nothing left to widen
+
+
+def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() -> None:
+    """The best contender re-times at 0.36x against a 0.5x budget (under UNDERUSE of it). The same
+    allocation, widened to the table's 0.49x, is scored and re-timed; it holds and is returned. A wider
+    plan that misses its re-timing leaves the first one returned."""
+    space = make_space("small_cnn", 8)
+    budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
+    ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+    small = {d.name: 0.6 for d in space.dimensions}
+    assert UNDERUSE * budget.target_ratio > 0.36  # so the first plan leaves the budget underused
+    ranked = [Contender("search", replace(evaluation(1, 0.80, 0.36), candidate=Candidate(1, small)))]
+    asked: list[Candidate] = []
+    scorer = LocalEvaluator(space, synthetic_splits(1, 8), budget, AccuracyRecipe(recalibration_batches=1), None,
+                            ctx.lut)  # type: ignore[arg-type]
+
+    def evaluate(cands: list[Candidate]) -> list[Evaluation]:
+        asked.extend(cands)
+        return scorer(cands)
+
+    def retime_as(widened: float) -> Callable[[Evaluation], Timed]:
+        def retime(e: Evaluation) -> Timed:
+            r = 0.36 if e.candidate.id == 1 else widened
+            return Timed(r, r - 0.01, r + 0.01)
+        return retime
+
+    choice = choose(ranked, budget, retime_as(0.47), lambda event: None, rescaler(ctx, evaluate, steps=0))
+    (w,) = asked
+    assert w.tag["widened_from"] == 1 and w.latency == "none"
+    assert ctx.predicted_latency_ratio(small) * 0.5 / 0.36 * RESCALE_AIM * 0.9 \
+        < ctx.predicted_latency_ratio(w.ratios) <= ctx.predicted_latency_ratio(small) * RESCALE_AIM * 0.5 / 0.36
+    assert choice.contender.source == "search, widened" and choice.retimed is not None
+    assert choice.retimed.ratio == 0.47 and choice.verdict == "met"
+    assert [a["verdict"] for a in choice.attempts] == ["met", "met"]
+    missed = choose(ranked, budget, retime_as(0.53), lambda event: None, rescaler(ctx, evaluate, steps=0))
+    assert missed.contender.source == "search" and [a["verdict"] for a in missed.attempts] == ["met", "missed"]
+    assert missed.retimed is not None and missed.retimed.ratio == 0.36
 
 
 def test_refine_reranks_the_leaders_on_the_short_fine_tune_score() -> None:
