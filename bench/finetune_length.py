@@ -69,11 +69,11 @@ def finetune(folder: Path, epochs: list[float]) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± half-range over seeds, per strategy, space and length."""
+    """Mean ± half-range over seeds, per strategy, space, returned plan's source and length."""
     out = []
-    for key in sorted({(r["strategy"], r["space"], r["epochs"]) for r in rows}):
-        accs = [r["test_acc_ft"] for r in rows if (r["strategy"], r["space"], r["epochs"]) == key]
-        out.append({"strategy": key[0], "space": key[1], "epochs": key[2], "seeds": len(accs),
+    for key in sorted({(r["strategy"], r["space"], r["source"], r["epochs"]) for r in rows}):
+        accs = [r["test_acc_ft"] for r in rows if (r["strategy"], r["space"], r["source"], r["epochs"]) == key]
+        out.append({"strategy": key[0], "space": key[1], "source": key[2], "epochs": key[3], "seeds": len(accs),
                     "test_acc_ft": statistics.fmean(accs), "half_range": (max(accs) - min(accs)) / 2})
     return out
 
@@ -86,7 +86,7 @@ def render(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "model was (BN recalibration, distilled from the base, T=4, alpha=0.9, cosine LR), for each length. "
         "job_test_acc_ft: what the job reported after its own 0.5-epoch fine-tune. Accuracy only: nothing "
         f"timed, {torch.get_num_threads()} torch threads.", "",
-        markdown_table(summary(rows), ["strategy", "space", "epochs", "seeds", "test_acc_ft", "half_range"],
+        markdown_table(summary(rows), ["strategy", "space", "source", "epochs", "seeds", "test_acc_ft", "half_range"],
                        {"test_acc_ft": ".4f", "half_range": ".4f"}), "",
         markdown_table(rows, ["strategy", "space", "seed", "source", "epochs", "test_acc_ft", "job_test_acc_ft",
                               "latency_ratio", "flops_ratio", "seconds"], {"test_acc_ft": ".4f",
