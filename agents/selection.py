@@ -33,6 +33,10 @@ BASELINE_STEPS = 8  # bisection steps: a knob within 0.4% of the top ratio
 MAX_RETIMES = 4  # contenders re-timed before the closest one is returned as missed
 RESCALE_AIM = 0.98  # a rescaled plan aims this far under the target, so that its own noise does not miss
 UNDERUSE = 0.9  # a returned plan that re-times under this share of its latency budget leaves too much unused
+# A contender that misses its fresh re-timing is timed in this many fresh processes in all and judged on the
+# median. One timing can be an outlier: ResNet-20's uniform 0.55x plan at batch 1 re-timed 0.541x, 0.541x and
+# 0.580x in three jobs, though five fresh timings of a plan in a row span 1.3% (bench/results/retime_repeat.md).
+TIMINGS_ON_MISS = 3
 
 
 class RatioLike(Protocol):
@@ -241,12 +245,13 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
            rescale: Rescale | None = None) -> Choice:
     """The most accurate contender that meets the budget when re-timed; exact budgets need no re-timing.
 
-    A contender that misses is tightened (`rescale`) and the tightened plan takes its place in the ranking
-    by its score. The one that meets but re-times under UNDERUSE of the budget is widened once, and the
-    wider plan is returned if its own re-timing meets: the same allocation with more of every width, which
-    the fine-tune turns into accuracy whatever a short score says (ResNet-20, 0.7x batch 32: Optuna's best
-    trial re-timed at 0.58x). If none of MAX_RETIMES re-timings holds, the one closest to the budget, with
-    its verdict."""
+    A contender whose fresh re-timing misses is timed in TIMINGS_ON_MISS fresh processes in all and
+    judged on their median. One that still misses is tightened (`rescale`), and the tightened plan takes
+    its place in the ranking by its score. The one that meets but re-times under UNDERUSE of the budget
+    is widened once, and the wider plan is returned if its own re-timing meets: the same allocation with
+    more of every width, which the fine-tune turns into accuracy whatever a short score says (ResNet-20,
+    0.7x batch 32: Optuna's best trial re-timed at 0.58x on one VM, 0.63x on another). If none of
+    MAX_RETIMES contenders holds, the one closest to the budget, with its verdict."""
     if not ranked:
         raise BudgetUnreachableError(f"budget.target: no plan the job measured meets {budget.describe()}")
     if retime is None or not budget.measured:
@@ -256,11 +261,17 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
     attempts: list[dict[str, Any]] = []
 
     def attempt(c: Contender) -> tuple[RatioLike, str]:
-        stats = retime(c.evaluation)
-        verdict = budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio)
-        row = {"source": c.source, "candidate": c.evaluation.candidate.id, "val_acc": c.evaluation.val_acc,
-               "val_acc_before_refine": c.first_score, "search_latency_ratio": c.evaluation.latency_ratio,
-               "retimed_ratio": stats.ratio, "retimed_ci": [stats.ci_low, stats.ci_high], "verdict": verdict}
+        e = c.evaluation
+        timings = [retime(e)]
+        verdict = budget.verdict(e.flops, e.params, timings[0].ci_high, timings[0].ratio)
+        if verdict != "met":  # judged on the median of TIMINGS_ON_MISS fresh timings, not on one outlier
+            timings += [retime(e) for _ in range(TIMINGS_ON_MISS - 1)]
+        stats = sorted(timings, key=lambda t: t.ratio)[len(timings) // 2]
+        verdict = budget.verdict(e.flops, e.params, stats.ci_high, stats.ratio)
+        row = {"source": c.source, "candidate": e.candidate.id, "val_acc": e.val_acc,
+               "val_acc_before_refine": c.first_score, "search_latency_ratio": e.latency_ratio,
+               "retimed_ratio": stats.ratio, "retimed_ci": [stats.ci_low, stats.ci_high],
+               "retimed_ratios": [t.ratio for t in timings], "verdict": verdict}
         attempts.append(row)
         emit({"type": "retime", **row})
         return stats, verdict

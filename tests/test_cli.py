@@ -89,7 +89,8 @@ def test_latency_budget_job_measures_and_meets_budget(tmp_path: Path) -> None:
     leaders = report["selected"]["ranking"]  # the order the final choice tried: the chosen plan among them
     assert leaders and all(c["source"] == "search" and c["val_acc"] is not None for c in leaders)  # uniform
     chosen = report["selected"]
-    assert "tightened" in chosen["source"] or chosen["candidate_id"] in {c["candidate"] for c in leaders}
+    rescaled = chosen["source"].endswith((", tightened", ", widened"))  # a leader made to fit its re-timing
+    assert rescaled or chosen["candidate_id"] in {c["candidate"] for c in leaders}
 
 
 def test_cli_run_then_evaluate(tmp_path: Path) -> None:

@@ -298,6 +298,37 @@ def test_a_contender_that_misses_its_re_timing_is_tightened_instead_of_falling_f
     assert choose(ranked, budget, retime, lambda event: None).contender.source == "baseline:global"
 
 
+def test_one_outlying_re_timing_does_not_make_a_contender_miss() -> None:
+    """The first fresh timing of the edge plan is 7% over (what one ResNet-20 job saw); the next two hold.
+    Judged on the median, it is returned untightened. A plan whose timings all miss is still tightened."""
+    space = make_space("small_cnn", 8)
+    budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
+    ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+    edge = {d.name: 0.5 for d in space.dimensions}
+    ranked = [Contender("search", replace(evaluation(1, 0.90, 0.49), candidate=Candidate(1, edge)))]
+    asked: list[Candidate] = []
+
+    def evaluate(cands: list[Candidate]) -> list[Evaluation]:
+        asked.extend(cands)
+        return [Evaluation(c, 100, 10, True, 0.8, None, None, "none") for c in cands]
+
+    def retimes(*ratios: float) -> Callable[[Evaluation], Timed]:
+        queue = list(ratios)
+
+        def retime(e: Evaluation) -> Timed:
+            r = queue.pop(0) if e.candidate.id == 1 else 0.48
+            return Timed(r, r - 0.01, r + 0.01)
+        return retime
+
+    choice = choose(ranked, budget, retimes(0.53, 0.485, 0.49), lambda event: None, rescaler(ctx, evaluate, 0))
+    assert choice.contender.source == "search" and choice.verdict == "met" and not asked
+    assert choice.retimed is not None and choice.retimed.ratio == 0.49
+    assert choice.attempts[0]["retimed_ratios"] == [0.53, 0.485, 0.49]
+    missed = choose(ranked, budget, retimes(0.53, 0.54, 0.49), lambda event: None, rescaler(ctx, evaluate, 0))
+    assert missed.attempts[0]["retimed_ratio"] == 0.53 and missed.attempts[0]["verdict"] == "missed"
+    assert missed.contender.source == "search, tightened" and len(asked) == 1
+
+
 def test_a_widened_plan_keeps_the_allocation_and_is_predicted_just_under_the_goal() -> None:
     space = make_space("small_cnn", 8)
     ctx = SearchContext(space, Budget("latency_ms", 5.0, 10.0), 0, lut=UnitsTable(space))  # type: ignore[arg-type]
