@@ -22,8 +22,8 @@ EVENT_KINDS: dict[str, str] = {
     "resume_skipped": "not resumed: {reason}",
     "baseline": "{name} baseline: val acc {val_acc:%}[, latency ×{latency_ratio:4}], FLOPs {flops:n}",
     "sweep_point": "uniform sweep at {ratio:%}: val acc {val_acc:%}[, latency ×{latency_ratio:4}], FLOPs {flops:n}",
-    "retime": "re-timed {source} in a fresh process: ×{retimed_ratio:4}[ (search ×{search_latency_ratio:4})], "
-              "{verdict}",
+    "retime": "re-timed {source} in a fresh process: ×{retimed_ratio:4}[, the median of {median_of} timings]"
+              "[ (search ×{search_latency_ratio:4})], {verdict}",
     "done": "done: artifacts written",
     "failed": "failed: {error}",
     "cancelled": "cancelled[: {reason}]",

@@ -271,7 +271,8 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         row = {"source": c.source, "candidate": e.candidate.id, "val_acc": e.val_acc,
                "val_acc_before_refine": c.first_score, "search_latency_ratio": e.latency_ratio,
                "retimed_ratio": stats.ratio, "retimed_ci": [stats.ci_low, stats.ci_high],
-               "retimed_ratios": [t.ratio for t in timings], "verdict": verdict}
+               "retimed_ratios": [t.ratio for t in timings], "median_of": len(timings) if len(timings) > 1 else None,
+               "verdict": verdict}
         attempts.append(row)
         emit({"type": "retime", **row})
         return stats, verdict
