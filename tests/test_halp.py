@@ -349,8 +349,9 @@ def test_a_widened_plan_keeps_the_allocation_and_is_predicted_just_under_the_goa
 
 def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() -> None:
     """The best contender re-times at 0.36x against a 0.5x budget (under UNDERUSE of it). The same
-    allocation, widened to the table's 0.49x, is scored and re-timed; it holds and is returned. A wider
-    plan that misses its re-timing leaves the first one returned."""
+    allocation, widened to the table's 0.49x, is scored and re-timed; it holds and is returned. If that
+    wider plan re-times over the budget, a second aims along the line through the two timings, narrower
+    than the first; if it misses too, the first plan is returned."""
     space = make_space("small_cnn", 8)
     budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
     ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
@@ -365,22 +366,40 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
         asked.extend(cands)
         return scorer(cands)
 
-    def retime_as(widened: float) -> Callable[[Evaluation], Timed]:
+    def retime_as(*widened: float) -> Callable[[Evaluation], Timed]:
+        """The contender at 0.36x; the n-th wider plan asked at widened[n], however often it is timed."""
         def retime(e: Evaluation) -> Timed:
-            r = 0.36 if e.candidate.id == 1 else widened
+            ids = [c.id for c in asked[first:]]  # this choice's (every choice's rescaler counts from one id)
+            r = 0.36 if e.candidate.id == 1 else widened[ids.index(e.candidate.id)]
             return Timed(r, r - 0.01, r + 0.01)
         return retime
 
+    def predicted(plan: Candidate) -> float:
+        return ctx.predicted_latency_ratio(plan.ratios)
+
+    first = len(asked)
     choice = choose(ranked, budget, retime_as(0.47), lambda event: None, rescaler(ctx, evaluate, steps=0))
     (w,) = asked
     assert w.tag["widened_from"] == 1 and w.latency == "none"
-    assert ctx.predicted_latency_ratio(small) * 0.5 / 0.36 * RESCALE_AIM * 0.9 \
-        < ctx.predicted_latency_ratio(w.ratios) <= ctx.predicted_latency_ratio(small) * RESCALE_AIM * 0.5 / 0.36
+    aimed = ctx.predicted_latency_ratio(small) * RESCALE_AIM * 0.5 / 0.36
+    assert 0.9 * aimed < predicted(w) <= aimed
     assert choice.contender.source == "search, widened" and choice.retimed is not None
     assert choice.retimed.ratio == 0.47 and choice.verdict == "met"
     assert [a["verdict"] for a in choice.attempts] == ["met", "met"]
-    missed = choose(ranked, budget, retime_as(0.53), lambda event: None, rescaler(ctx, evaluate, steps=0))
-    assert missed.contender.source == "search" and [a["verdict"] for a in missed.attempts] == ["met", "missed"]
+
+    first = len(asked)
+    second = choose(ranked, budget, retime_as(0.55, 0.48), lambda event: None, rescaler(ctx, evaluate, steps=0))
+    w1, w2 = asked[first:]
+    assert predicted(Candidate(1, small)) < predicted(w2) < predicted(w1)  # between: along the timings' line
+    assert second.contender.source == "search, widened" and second.contender.evaluation.candidate.id == w2.id
+    assert [a["verdict"] for a in second.attempts] == ["met", "missed", "met"]
+    assert second.attempts[1]["retimed_ratios"] == [0.55, 0.55, 0.55]  # a miss is timed thrice
+
+    first = len(asked)
+    missed = choose(ranked, budget, retime_as(0.55, 0.53), lambda event: None, rescaler(ctx, evaluate, steps=0))
+    assert len(asked) - first == 2  # WIDENINGS tries, then the first plan
+    assert missed.contender.source == "search" and [a["verdict"] for a in missed.attempts] == ["met", "missed",
+                                                                                               "missed"]
     assert missed.retimed is not None and missed.retimed.ratio == 0.36
 
 
