@@ -27,17 +27,14 @@ import torch
 
 from bench.results_io import RESULTS, environment, markdown_table, write
 from measurement.accuracy import accuracy, recalibrate_batchnorm
-from measurement.training import Distillation, fit
+from search_spaces.artifacts import PLAN_FILE
+from search_spaces.plan import Plan
 from search_spaces.preflight import checked_space
-from service.pipeline import accuracy_recipe, base_model, load_data
+from service.pipeline import accuracy_recipe, base_model, final_finetune, load_data
 from service.preflight import identity_of, space_settings
 from service.spec import parse_spec
 
 NAME = "finetune_length"
-
-
-def plan_ratios(plan: dict[str, Any]) -> dict[str, float]:
-    return {g["name"]: float(g["ratio"]) for g in plan["groups"]}
 
 
 def finetune(folder: Path, epochs: list[float]) -> list[dict[str, Any]]:
@@ -48,16 +45,16 @@ def finetune(folder: Path, epochs: list[float]) -> list[dict[str, Any]]:
     model = base_model(spec, data, None)
     space = checked_space(model, identity_of(spec), criterion=spec.criterion, seed=spec.seed, phase="space",
                           **space_settings(spec))
-    ratios = plan_ratios(json.loads((folder / "plan.json").read_text()))
-    recipe, ft = accuracy_recipe(spec), spec.finetune
+    ratios = Plan.read(folder / PLAN_FILE).ratios
+    recipe = accuracy_recipe(spec)
     rows = []
     for length in epochs:
         pruned = space.apply(ratios)
-        recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size,
-                              spec.seed)
+        if recipe.bn_recalibration:
+            recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size,
+                                  spec.seed)
         start = time.perf_counter()
-        fit(pruned, data.train, data.name, length, ft.effective_lr, ft.batch_size, spec.seed, schedule="cosine",
-            distill=Distillation(model, ft.distill_temperature, ft.distill_alpha) if ft.distill else None)
+        final_finetune(pruned, model, data, spec, length)
         rows.append({"job": spec.name, "strategy": report["strategy"], "space": "+".join(spec.dimensions),
                      "seed": spec.seed, "source": report["selected"]["source"], "epochs": length,
                      "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size),

@@ -358,17 +358,25 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
                                   spec.seed)
         scores = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
                   "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
-        ft = spec.finetune
-        if ft.final_epochs > 0:
-            teacher = Distillation(prep.model, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
-            fit(pruned, data.train, data.name, ft.final_epochs, ft.effective_lr, ft.batch_size, spec.seed,
-                schedule="cosine", progress=step_progress(emit, "final_model"), distill=teacher)
+        if spec.finetune.final_epochs > 0:
+            final_finetune(pruned, prep.model, data, spec, spec.finetune.final_epochs,
+                           step_progress(emit, "final_model"))
             scores |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
                        "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
         if space.sparse:
             make_permanent(pruned)  # fold the masks in: the saved weights hold the zeros
         pruned.eval()
     return Finalized(choice, final, ratios, pruned, scores)
+
+
+def final_finetune(pruned: nn.Module, base: nn.Module, data: DataSplits, spec: JobSpec, epochs: float,
+                   progress: Callable[[int, int, float], None] | None = None) -> None:
+    """The fine-tune a job gives its returned model: cosine LR, distilled from the base if the spec asks.
+    `bench/finetune_length.py` calls it with other lengths, so its plans are fine-tuned as the job's were."""
+    ft = spec.finetune
+    teacher = Distillation(base, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
+    fit(pruned, data.train, data.name, epochs, ft.effective_lr, ft.batch_size, spec.seed, schedule="cosine",
+        progress=progress, distill=teacher)
 
 
 def ranking(ranked: Sequence[selection.Contender]) -> list[dict[str, Any]]:
