@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import environment, markdown_table, write
+from bench.results_io import environment, machine, markdown_table, write
 
 CHILD = r"""
 import json, sys, torch
@@ -57,7 +57,7 @@ def main() -> None:
             rows.append({"allocator": mode, **r})
             print(rows[-1], flush=True)
     env = environment()
-    md = [f"# Allocator state and latency ({env['cpu']}, {env['cores']} cores, torch {env['torch']})", "",
+    md = [f"# Allocator state and latency ({machine(env)})", "",
           "ResNet-20 28x28, batch 32, 1 thread, pinned; uniform 0.5 plan vs base; each mode in a fresh process.", "",
           markdown_table(rows, ["allocator", "when", "ratio", "base_ms", "pruned_ms"])]
     write("allocator_state", {"environment": env, "rows": rows}, "\n".join(md))

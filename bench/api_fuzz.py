@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import RESULTS, environment, markdown_table
+from bench.results_io import RESULTS, environment, machine, markdown_table
 from tests.live_server import stop
 from tests.test_api_fuzz import CHECKS, fuzz_server, schemathesis_command
 
@@ -77,7 +77,7 @@ def render(summary: dict[str, Any], args: argparse.Namespace, seconds: float, ex
         f"`python bench/api_fuzz.py --max-examples {args.max_examples} --phases {args.phases} --seed {args.seed}`: "
         f"a real server on loopback (SQLite, one active job per token), every operation of the served OpenAPI, "
         f"{sum(o['cases'] for o in ops)} requests in {seconds:.0f} s; schemathesis exit code {exit_code}.",
-        f"Machine: {env['cpu']}, {env['cores']} cores, commit {env['commit']}.", "",
+        f"Machine: {machine(env)}.", "",
         f"**Gating checks** ({', '.join(sorted(GATING))}): "
         + ("no failure." if not gating else f"{sum(n for _, n in gating)} FAILURES (below)."),
         f"**Errors** (timeouts, broken responses): {len(summary['errors']) or 'none'}.", "",

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, write
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "demo_runs"
@@ -60,7 +60,7 @@ def render(data: dict[str, Any]) -> str:
         f"{runs[0].get('target', 0.6) if runs else 0.6:.2f}, verdict from the fresh-process re-timing the user "
         "is shown). `retimes`: every fresh-process ratio the final selection took, in order; a plan that misses "
         "is followed by the next-best measured plan that met in the search.", "",
-        f"CPU {env['cpu']}, {env['cores']} cores, torch {env['torch']}, commit {env['commit']}; "
+        f"CPU {machine(env)}; "
         f"also running: {data['other']}.", "",
         markdown_table(rows, ["run", "verdict", "ratio", "ci_low", "ci_high", "search_ratio", "retimes", "source",
                               "base_ms", "pruned_ms", "test_acc_ft", "seconds"],

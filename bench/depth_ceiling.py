@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from bench.quality import BUDGETS, ROOT, job
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, write
 from measurement.accuracy import accuracy
 from measurement.latency import LatencyMeter
 from measurement.retime import retime_files
@@ -149,7 +149,7 @@ def render(data: dict[str, Any]) -> str:
     env, s = data["environment"], summary(data["plans"], data["runs"])
     return "\n".join([
         f"# Width against depth at {data['target']}x measured latency, batch {data['batch_size']} — ResNet-20 / "
-        f"Fashion-MNIST ({env['cpu']}, {env['cores']} cores, torch {env['torch']}, commit {env['commit']})", "",
+        f"Fashion-MNIST ({machine(env)})", "",
         "Each plan drops the k blocks that cost least alone (the order below), and one width ratio thins the rest: "
         "`all` every width (k = 0 is the uniform plan), `inner` only the widths inside blocks. The width is fitted "
         f"on an in-process grid aimed at {AIM} x target and confirmed in a fresh process (`latency_ratio`, "

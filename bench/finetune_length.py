@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, write
 from measurement.accuracy import accuracy, recalibrate_batchnorm
 from search_spaces.artifacts import PLAN_FILE
 from search_spaces.plan import Plan
@@ -77,8 +77,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     return "\n".join([
-        f"# Final fine-tune length vs the plans' final accuracy ({env['cpu']}, {env['cores']} cores, "
-        f"torch {env['torch']}, commit {env['commit']})", "",
+        f"# Final fine-tune length vs the plans' final accuracy ({machine(env)})", "",
         "Each plan a quality job returned, rebuilt on the base checkpoint and fine-tuned as the job's final "
         "model was (BN recalibration, distilled from the base, T=4, alpha=0.9, cosine LR), for each length. "
         "job_test_acc_ft: what the job reported after its own 0.5-epoch fine-tune. Accuracy only: nothing "

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import environment, markdown_table, write
+from bench.results_io import environment, machine, markdown_table, write
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
 from search_spaces.plan import ModelIdentity
@@ -145,8 +145,7 @@ def main() -> None:
             "noise": noise_rows(space, args.noise_repeats),
             "ci_vs_time": ci_rows(space, tuple(args.ci_budgets))}
     fid = [{**r, "ci": f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"} for r in data["fidelity"]]
-    md = [f"# Latency fidelity — ResNet-20 at 28×28 ({data['environment']['cpu']}, torch "
-          f"{data['environment']['torch']})", "",
+    md = [f"# Latency fidelity — ResNet-20 at 28×28 ({machine(data['environment'])})", "",
           "Uniform channel plans; latency ratio = pruned / base, interleaved A/B pairs, median with 95% CI.", "",
           markdown_table(fid, ["ratio", "batch", "threads", "runtime", "flops_ratio", "latency_ratio", "ci",
                                "base_ms", "pairs"], {"base_ms": ".2f"}), "",

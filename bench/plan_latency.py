@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.base import SearchContext
 from agents.budget import Budget
 from agents.halp import HALPAgent
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, write
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable, fit_scale
 from search_spaces.plan import ModelIdentity
@@ -119,7 +119,7 @@ def summarise(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, 
 
 def render(env: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
     return "\n".join(["# Lookup-table error on whole plans (CPU, 1 thread, eager)", "",
-                      f"Last run: {env['cpu']}, {env['cores']} cores, torch {env['torch']}; {env['note']}. Rows "
+                      f"Last run: {machine(env)}; {env['note']}. Rows "
                       "without a cpu were measured on an Intel Xeon, idle, at commit 39375ef, before the table's "
                       "layer scale (`measurement.lut.calibrate`) existed.", "",
                       "Absolute relative error of the predicted latency ratio against the interleaved measurement. "

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def environment() -> dict[str, Any]:
-    from measurement.latency import cpu_model
+    from measurement.latency import cpu_isa, cpu_model
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=False).stdout.strip()
     except OSError:
         commit = ""
-    return {"cpu": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)), "torch": torch.__version__,
-            "python": platform.python_version(), "commit": commit}
+    return {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cores": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "python": platform.python_version(), "commit": commit}
+
+
+def machine(env: Mapping[str, Any]) -> str:
+    """One line naming what a result ran on, for every bench's heading. The instruction set is part of the
+    CPU's name: two VMs both called "AMD EPYC" put the same plan at 0.54x and 0.61x (`depth_ceiling.md`).
+    Results written before a field was recorded leave it out."""
+    cpu = env.get("cpu", "unknown CPU") + (f" ({env['cpu_isa']})" if env.get("cpu_isa") else "")
+    parts = [f"{env['cores']} cores" if env.get("cores") else "", f"torch {env['torch']}" if env.get("torch") else "",
+             f"commit {env['commit']}" if env.get("commit") else ""]
+    return ", ".join([cpu, *(p for p in parts if p)])
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: dict[str, str] | None = None) -> str:

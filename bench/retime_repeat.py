@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.plan_latency import space_for
-from bench.results_io import environment, markdown_table, write
+from bench.results_io import environment, machine, markdown_table, write
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.retime import retime_files
 from search_spaces.space import PruningSpace
@@ -65,8 +65,7 @@ def run(arch: str, batch: int, rounds: int, seconds: float) -> list[dict[str, An
 
 def render(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     return "\n".join([
-        f"# Re-timing the same plan: one process vs fresh processes ({env['cpu']}, {env['cores']} cores, "
-        f"torch {env['torch']}, commit {env['commit']})", "",
+        f"# Re-timing the same plan: one process vs fresh processes ({machine(env)})", "",
         "CPU, 1 thread, eager, pinned; each timing is one interleaved comparison against the base. "
         "fresh: a new interpreter per timing (`measurement.retime`, what a job's final re-timing and "
         "`prunesearch evaluate` run); in-process: the bench process, repeated. Plans timed in rounds, every "

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from agents.base import Candidate  # noqa: E402
 from agents.budget import Budget  # noqa: E402
-from bench.results_io import environment, markdown_table, write  # noqa: E402
+from bench.results_io import environment, machine, markdown_table, write  # noqa: E402
 from measurement.latency import MeterSettings, RatioStats  # noqa: E402
 from search_spaces.datasets import DataSplits, load_dataset  # noqa: E402
 from search_spaces.plan import ModelIdentity  # noqa: E402
@@ -329,7 +329,7 @@ def main() -> None:
                 "meter": vars(meter) if hasattr(meter, "__dict__") else str(meter),
                 "scaling": rows, "latency": latency, "gated_agrees_with_idle": agree}
     md = [f"# Ray scaling and latency exclusivity ({data_out['configuration']} configuration)", "",
-          f"{env['cpu']}, {env['cores']} cores, torch {env['torch']}, commit {env['commit']}. ResNet-20, "
+          f"{machine(env)}. ResNet-20, "
           f"{n} accuracy-heavy evaluations (BN recalibration {recipe.recalibration_batches} batches, "
           f"{recipe.short_steps} fine-tune steps, validation).", "",
           markdown_table(rows, ["setup", "workers", "evaluations", "startup_s", "wall_s", "evals_per_s", "efficiency"],

@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import environment, markdown_table, write
+from bench.results_io import environment, machine, markdown_table, write
 from service.client import Client
 from tests.conftest import job_dict
 from tests.live_server import started, stop
@@ -117,7 +117,7 @@ def main() -> None:
     }
     print(json.dumps(row), errors[:5])
     env = environment()
-    md = [f"# Job-server load ({env['cpu']}, {env['cores']} cores)", "",
+    md = [f"# Job-server load ({machine(env)})", "",
           f"{args.searches} Optuna searches running while {args.clients} clients poll status and follow SSE for "
           f"{args.seconds:.0f} s; then a burst of {args.burst} submissions.", "",
           markdown_table([row], [k for k in row if k != "burst_final_statuses"])]

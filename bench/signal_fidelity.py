@@ -31,7 +31,7 @@ from agents.base import SearchContext
 from agents.bisection import global_ranking
 from agents.budget import Budget
 from agents.halp import HALPAgent
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, write
 from measurement.accuracy import accuracy
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable
@@ -130,7 +130,7 @@ def render(rows: list[dict[str, Any]], env: dict[str, Any], final_epochs: float)
                      "kendall_tau": float(tau), "p_value": float(p), "spearman": float(rho)})
     lut_tau, _ = kendalltau([r["lut_ratio"] for r in rows], finals)
     parts = [f"# Search signal vs final accuracy — ResNet-20 / Fashion-MNIST at {TARGET}x latency (lookup table)",
-             "", f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}; {env.get('note', '')}", "",
+             "", f"Machine: {machine(env)}; {env.get('note', '')}", "",
              f"Final: {final_epochs} epoch distilled (T=4, alpha=0.9) cosine fine-tune at lr 0.01, test split. "
              "Signals: validation accuracy (1000 samples) after BN recalibration (5 batches) and N SGD steps.", "",
              markdown_table(taus, ["signal", "plans", "kendall_tau", "p_value", "spearman"]), "",

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, write
 
 MODELS = ("resnet18", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
           "regnet_y_400mf", "shufflenet_v2_x1_0", "densenet121", "squeezenet1_1", "mnasnet1_0", "convnext_tiny",
@@ -143,7 +143,7 @@ def render(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
                 for r in rows if r.get("excluded")]
     return "\n".join([
         "# Model-zoo sweep: torchvision classification models through the job's channel space", "",
-        f"CPU {env['cpu']} ({env['cores']} cores), torch {env['torch']}, torchvision {env.get('torchvision')}, "
+        f"CPU {machine(env)}, torchvision {env.get('torchvision')}, "
         "each row's commit in its column; nothing else ran. "
         f"Untrained weights, input 1x3x{SIZE}x{SIZE}, {CLASSES} classes; "
         "uniform plans over the channel groups (blocks: residual blocks a width + depth space can drop); "
