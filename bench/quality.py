@@ -30,6 +30,7 @@ from service.pipeline import run_job
 from service.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+NAME = "quality"
 STRATEGIES: dict[str, dict[str, Any]] = {
     "uniform": {"steps": 10},
     "global": {"steps": 10},
@@ -129,7 +130,7 @@ def job_fields(spec: JobSpec, strategy: str, budget_name: str, space: str) -> di
             "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
             "strategy": strategy, "budget": budget_name, "budget_metric": spec.budget.metric,
             "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
-            "cpu": environment()["cpu"], "commit": environment()["commit"]}
+            **{k: environment()[k] for k in ("cpu", "cpu_isa", "commit")}}
 
 
 def unreachable_row(spec: JobSpec, strategy: str, budget_name: str, space: str,
@@ -156,8 +157,8 @@ def row(spec: JobSpec, strategy: str, budget_name: str, space: str, report: dict
     }
 
 
-def load_rows() -> list[dict[str, Any]]:
-    path = RESULTS / "quality.json"
+def load_rows(name: str = NAME) -> list[dict[str, Any]]:
+    path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else []
 
 
@@ -165,8 +166,10 @@ def _mean(vals: list[float]) -> float:
     return statistics.fmean(vals) if vals else float("nan")
 
 
-def _short_cpu(cpu: str) -> str:
-    return "Intel Xeon" if cpu.startswith("Intel") else cpu
+def _short_cpu(row: dict[str, Any]) -> str:
+    """The machine of a row, instruction set included where the row recorded it (older rows did not)."""
+    cpu = row.get("cpu", "?")
+    return ("Intel Xeon" if cpu.startswith("Intel") else cpu) + (f" ({row['cpu_isa']})" if row.get("cpu_isa") else "")
 
 
 def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -203,7 +206,7 @@ def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ratio/target range": f"{min(ratios):.3f}–{max(ratios):.3f}",
                 "budgets held": "yes" if all(0.9 <= x <= 1.03 for x in ratios) else "NO",
                 # a gain measured across two machines compares their latency floors too: say so
-                "machines": " + ".join(sorted({_short_cpu(r.get("cpu", "?")) for r in cell}))}
+                "machines": " + ".join(sorted({_short_cpu(r) for r in cell}))}
             if not searched:  # every searched job returned a baseline
                 best = max(own, key=lambda k: len(jobs[k]))
                 out.append({**row, "best searched": "/".join(best), "own plans": f"0 of {len(jobs[best])}",
@@ -228,7 +231,7 @@ def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 POINT_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#72b7b2", "#9d755d", "#000000")  # not uniform's green
 
 
-def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
+def plot_latency(rows: list[dict[str, Any]], prefix: str = NAME) -> list[str]:
     """Test accuracy after fine-tuning against the measured latency ratio, one PNG per architecture and batch
     size: the uniform plans as a line, every other strategy's plans as points."""
     try:
@@ -257,7 +260,7 @@ def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
         ax.set_title(f"{arch}, CPU 1 thread, batch {batch}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        name = f"quality_{arch}_b{batch}.png"
+        name = f"{prefix}_{arch}_b{batch}.png"
         fig.tight_layout()
         fig.savefig(RESULTS / name)
         plt.close(fig)
@@ -265,7 +268,7 @@ def plot_latency(rows: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def render(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]], name: str = NAME) -> str:
     def summarise(group: list[dict[str, Any]]) -> dict[str, Any]:
         out = dict(group[0])
         for key in ("val_acc", "test_acc", "test_acc_ft", "latency_ratio", "flops_ratio", "params_ratio",
@@ -292,8 +295,8 @@ def render(rows: list[dict[str, Any]]) -> str:
                 "flops_ratio", "params_ratio", *extra, "search_seconds", "evaluations"]
         return markdown_table([summarise(g) for _, g in sorted(groups.items())], cols)
 
-    cpus = sorted({r.get("cpu", "?") for r in rows})  # each row names the machine it ran on
-    plots = plot_latency(rows)
+    cpus = sorted({r.get("cpu", "?") + (f" ({r['cpu_isa']})" if r.get("cpu_isa") else "") for r in rows})
+    plots = plot_latency(rows, name)
     parts = [f"# Search quality — Fashion-MNIST (2-core VMs: {', '.join(cpus)})", "",
              "## Measured latency budgets: searched vs uniform and global, same distilled fine-tune", "",
              f"Every row: {LATENCY_FINETUNE['final_epochs']} epoch fine-tune distilled from the unpruned base (T=4, "
@@ -336,8 +339,10 @@ def main() -> None:
     parser.add_argument("--spaces", nargs="*", default=list(SPACES), help="restrict to these spaces (models)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared/datasets/fashion-mnist"))
     parser.add_argument("--runs", default="/tmp/prunesearch-quality")
+    parser.add_argument("--results", default=NAME, help="results name under bench/results/: another machine type's "
+                        "rows go to their own file, so that a cell never compares plans timed on different kernels")
     args = parser.parse_args()
-    rows = load_rows()
+    rows = load_rows(args.results)
     done = {(r["strategy"], r["budget"], r["seed"], r["criterion"], r.get("space", "resnet20")) for r in rows}
     todo = [(s, b, seed, c, sp) for suite in args.suites for (s, b, c, sp) in SUITES[suite] for seed in args.seeds
             if s in args.only and b in args.budgets and sp in args.spaces]
@@ -353,8 +358,8 @@ def main() -> None:
             rows.append(unreachable_row(spec, strategy, budget_name, space, exc))
         done.add((strategy, budget_name, seed, criterion, space))
         print(json.dumps(rows[-1]), flush=True)
-        write("quality", rows, render(rows))  # after every row: an interrupted run keeps what it finished
-    write("quality", rows, render(rows))
+        write(args.results, rows, render(rows, args.results))  # after every row: an interrupted run keeps it
+    write(args.results, rows, render(rows, args.results))
 
 
 if __name__ == "__main__":
