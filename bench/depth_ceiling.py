@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import itertools
 
 import torch
+from scipy.stats import kendalltau
 from torch import nn
 
 from bench.quality import BUDGETS, ROOT, job
@@ -161,7 +162,10 @@ def render(data: dict[str, Any]) -> str:
         + ", ".join(f"{b['block']} {b['val_acc']:.3f}" for b in data["blocks"]), "",
         markdown_table(s, ["plan", "blocks", "family", "width_ratio", "latency_ratio", "uses", "flops_ratio",
                            "params_ratio", "val_0", "val_20", "test_acc", "seeds", "test_acc_ft", "half_range"],
-                       {"test_acc_ft": ".4f", "half_range": ".4f"})])
+                       {"test_acc_ft": ".4f", "half_range": ".4f"}), "",
+        "Kendall tau of each signal against test_acc_ft over these plans: "
+        + ", ".join(f"{k} {kendalltau([p[k] for p in s], [p['test_acc_ft'] for p in s]).statistic:.2f}"
+                    for k in ("val_0", "val_20", "flops_ratio")) + "."])
 
 
 def main() -> None:

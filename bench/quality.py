@@ -293,7 +293,7 @@ def render(rows: list[dict[str, Any]], name: str = NAME) -> str:
                 groups.setdefault(tuple(str(r.get(k, "resnet20")) for k in by), []).append(r)
         cols = [*by, "seeds", "val_acc", "test_acc", "test_acc_ft", "latency_ratio", "budget_met",
                 "flops_ratio", "params_ratio", *extra, "search_seconds", "evaluations"]
-        return markdown_table([summarise(g) for _, g in sorted(groups.items())], cols)
+        return markdown_table([summarise(g) for _, g in sorted(groups.items())], cols) if groups else ""
 
     cpus = sorted({r.get("cpu", "?") + (f" ({r['cpu_isa']})" if r.get("cpu_isa") else "") for r in rows})
     plots = plot_latency(rows, name)
@@ -302,7 +302,7 @@ def render(rows: list[dict[str, Any]], name: str = NAME) -> str:
              f"Every row: {LATENCY_FINETUNE['final_epochs']} epoch fine-tune distilled from the unpruned base (T=4, "
              "alpha=0.9, cosine LR); latency ratio re-timed against the base in a fresh process; `source` says "
              "which plan the job returned (its own search or a baseline it measured). Targets recomputed from "
-             "quality.json:", "",
+             f"{name}.json:", "",
              markdown_table(latency_targets(rows), ["arch", "batch_size", "target", "best searched", "own plans",
                                                     "gain before FT", "gain after FT", "wanted", "met",
                                                     "ratio/target range", "budgets held", "search s",
@@ -313,20 +313,22 @@ def render(rows: list[dict[str, Any]], name: str = NAME) -> str:
              *[f"![{p}]({p})" for p in plots], "",
              "Accuracy: validation (1000 samples during search, all 5000 here) and test before fine-tune, test "
              f"after the same {FINETUNE_EPOCHS} epoch fine-tune; latency ratio re-measured on the returned model "
-             "(CPU, 1 thread, eager, batch 32 unless the budget says b1); mean ± half-range over seeds.", "",
-             "## All strategies, L1 criterion (ResNet-20)", "",
-             table(SUITES["main"], ("budget", "strategy")),
-             "", "## Criteria under AMC (ResNet-20, FLOPs 0.5x)", "",
-             table(SUITES["criteria"], ("budget", "criterion")),
-             "", "## Channels vs channels + depth at 0.6x batch-1 latency (ResNet-20)", "",
-             table(SUITES["depth"], ("budget", "space", "strategy")),
-             "", "## Fine-grained sparsity: size budgets (non-zero parameters; ResNet-20)", "",
-             "sparse_kb: the saved sparse file (values + bitmask); the dense file is "
-             f"{next((r['dense_kb'] for r in rows if r.get('sparse_kb')), 0):.0f} KB. 2:4 masks run at dense speed on "
-             "this CPU: size and accuracy only.", "",
-             table(SUITES["sparse"], ("budget", "space", "criterion", "strategy"), ("sparse_kb",)),
-             "", "## Vision transformer (vit_tiny: heads, MLP width, embedding width)", "",
-             table(SUITES["vit"], ("budget", "space", "strategy"))]
+             "(CPU, 1 thread, eager, batch 32 unless the budget says b1); mean ± half-range over seeds."]
+    dense_kb = next((r["dense_kb"] for r in rows if r.get("sparse_kb")), 0)
+    sections = [  # (heading, what to know first, table): a results file without a suite's rows leaves it out
+        ("All strategies, L1 criterion (ResNet-20)", "", table(SUITES["main"], ("budget", "strategy"))),
+        ("Criteria under AMC (ResNet-20, FLOPs 0.5x)", "", table(SUITES["criteria"], ("budget", "criterion"))),
+        ("Channels vs channels + depth at 0.6x batch-1 latency (ResNet-20)", "",
+         table(SUITES["depth"], ("budget", "space", "strategy"))),
+        ("Fine-grained sparsity: size budgets (non-zero parameters; ResNet-20)",
+         f"sparse_kb: the saved sparse file (values + bitmask); the dense file is {dense_kb:.0f} KB. 2:4 masks run at "
+         "dense speed on this CPU: size and accuracy only.",
+         table(SUITES["sparse"], ("budget", "space", "criterion", "strategy"), ("sparse_kb",))),
+        ("Vision transformer (vit_tiny: heads, MLP width, embedding width)", "",
+         table(SUITES["vit"], ("budget", "space", "strategy")))]
+    for heading, intro, body in sections:
+        if body:
+            parts += ["", f"## {heading}", "", *([intro, ""] if intro else []), body]
     return "\n".join(parts)
 
 
