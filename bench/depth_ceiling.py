@@ -18,6 +18,7 @@ already in the JSON are kept.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -29,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import itertools
 
 import torch
 from scipy.stats import kendalltau
@@ -203,7 +202,7 @@ def main() -> None:
             plan = {"plan": name, **fit_width(space, meter, base, order[:k], family, args.target)}
             plan.update(signals(space, data, spec, plan["ratios"]), fit_seconds=round(time.perf_counter() - start, 1))
             state["plans"].append(plan)
-            print(json.dumps({k: v for k, v in plan.items() if k not in ("ratios", "grid")}), flush=True)
+            print(json.dumps({key: v for key, v in plan.items() if key not in ("ratios", "grid")}), flush=True)
             save()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     for seed in args.seeds:

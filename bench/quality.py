@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.budget import BudgetUnreachableError
-from bench.results_io import RESULTS, environment, markdown_table, write
+from bench.results_io import RESULTS, cpu_name, environment, markdown_table, write
 from service.pipeline import run_job
 from service.spec import JobSpec, parse_spec
 
@@ -167,9 +167,7 @@ def _mean(vals: list[float]) -> float:
 
 
 def _short_cpu(row: dict[str, Any]) -> str:
-    """The machine of a row, instruction set included where the row recorded it (older rows did not)."""
-    cpu = row.get("cpu", "?")
-    return ("Intel Xeon" if cpu.startswith("Intel") else cpu) + (f" ({row['cpu_isa']})" if row.get("cpu_isa") else "")
+    return cpu_name({**row, "cpu": "Intel Xeon"} if row.get("cpu", "").startswith("Intel") else row)
 
 
 def latency_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -295,7 +293,7 @@ def render(rows: list[dict[str, Any]], name: str = NAME) -> str:
                 "flops_ratio", "params_ratio", *extra, "search_seconds", "evaluations"]
         return markdown_table([summarise(g) for _, g in sorted(groups.items())], cols) if groups else ""
 
-    cpus = sorted({r.get("cpu", "?") + (f" ({r['cpu_isa']})" if r.get("cpu_isa") else "") for r in rows})
+    cpus = sorted({cpu_name(r) for r in rows})  # each row names the machine it ran on
     plots = plot_latency(rows, name)
     parts = [f"# Search quality — Fashion-MNIST (2-core VMs: {', '.join(cpus)})", "",
              "## Measured latency budgets: searched vs uniform and global, same distilled fine-tune", "",

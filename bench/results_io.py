@@ -27,11 +27,16 @@ def environment() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit}
 
 
+def cpu_name(record: Mapping[str, Any]) -> str:
+    """The CPU a result or row names, with its instruction set where it was recorded (older ones did not).
+    The instruction set is part of the name: two VMs both called "AMD EPYC" timed the same uniform plan at
+    0.54x (`retime_repeat.md`) and 0.61x (`quality_epyc_avx2.md`, AVX2) of the base."""
+    return record.get("cpu", "unknown CPU") + (f" ({record['cpu_isa']})" if record.get("cpu_isa") else "")
+
+
 def machine(env: Mapping[str, Any]) -> str:
-    """One line naming what a result ran on, for every bench's heading. The instruction set is part of the
-    CPU's name: two VMs both called "AMD EPYC" put the same plan at 0.54x and 0.61x (`depth_ceiling.md`).
-    Results written before a field was recorded leave it out."""
-    cpu = env.get("cpu", "unknown CPU") + (f" ({env['cpu_isa']})" if env.get("cpu_isa") else "")
+    """One line naming what a result ran on, for every bench's heading."""
+    cpu = cpu_name(env)
     parts = [f"{env['cores']} cores" if env.get("cores") else "", f"torch {env['torch']}" if env.get("torch") else "",
              f"commit {env['commit']}" if env.get("commit") else ""]
     return ", ".join([cpu, *(p for p in parts if p)])
