@@ -41,6 +41,12 @@ class MeterSettings:
     pin_cores: bool = True
     cores: tuple[int, ...] | None = None
 
+    def device_identity(self) -> dict[str, object]:
+        """What a timing depends on besides the model: the key of every cached timing (lookup tables,
+        baselines), so that no cache is reused on other kernels, threads or inputs."""
+        desc = self.describe()
+        return {k: desc[k] for k in ("device", "threads", "batch_size", "runtime", "cpu", "cpu_isa", "torch", "cores")}
+
     def describe(self) -> dict[str, object]:
         """The settings plus what they ran on, so a number always carries its context."""
         out = asdict(self)

@@ -89,9 +89,8 @@ class LatencyTable:
         self._prunable_in = {c for d in widths for c in d.consumers}
 
     def _device_key(self) -> str:
-        desc = self.meter.settings.describe()
-        keep = {k: desc[k] for k in ("device", "threads", "batch_size", "runtime", "cpu", "torch", "cores")}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        identity = json.dumps(self.meter.settings.device_identity(), sort_keys=True)
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     def _load(self) -> dict[str, dict[str, float]]:
         if self.cache_path and self.cache_path.is_file():

@@ -184,11 +184,10 @@ def measure_base(meter: LatencyMeter, model: nn.Module, example: torch.Tensor, r
 def baseline_cache(spec: JobSpec, space: PruningSpace, meter: LatencyMeter, cache_dir: Path) -> Path:
     """Where the baselines found for this model, device and budget are kept, so that every such job
     compares with the same plans."""
-    desc = meter.settings.describe()
     key = {"fingerprint": space.fingerprint, "budget": spec.budget.model_dump(), "criterion": spec.criterion,
            "round_to": spec.round_to, "max_ratio": spec.max_ratio, "keep_layers": spec.keep_layers,
            "dimensions": spec.dimensions,
-           "device": {k: desc[k] for k in ("device", "threads", "batch_size", "runtime", "cpu", "torch", "cores")}}
+           "device": meter.settings.device_identity()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return cache_dir / "baselines" / f"{digest}.json"
 

@@ -141,6 +141,20 @@ def test_lookup_table_predicts_and_caches(tmp_path: Path) -> None:
     assert again.breakdown(half) == table.breakdown(half)
 
 
+def test_a_cached_table_is_not_reused_on_other_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two VMs that report the same CPU model timed the same plan 12% apart: a table cached on one must
+    not price plans on a machine whose kernels dispatch to another instruction set."""
+    import measurement.latency as latency
+
+    space = make_space("resnet20", 8)
+    meter = LatencyMeter(FAST)
+    here = LatencyTable(space, meter, tmp_path, repeats=3).cache_path
+    monkeypatch.setattr(latency, "cpu_isa", lambda: "AVX512")
+    elsewhere = LatencyTable(space, meter, tmp_path, repeats=3).cache_path
+    assert meter.settings.describe()["cpu_isa"] == "AVX512"
+    assert here is not None and elsewhere is not None and here != elsewhere
+
+
 def test_a_dropped_block_takes_its_layers_share_of_the_rest(tmp_path: Path) -> None:
     """The rest of the base's time is per operator: channels keep all of it, a dropped block its layers' share
     (as one constant, MobileNetV2's batch-1 depth plans were predicted at 0.72x and ran at 0.35x)."""
