@@ -30,7 +30,7 @@ def environment() -> dict[str, Any]:
 def cpu_name(record: Mapping[str, Any]) -> str:
     """The CPU a result or row names, with its instruction set where it was recorded (older ones did not).
     The model name alone does not identify a machine: two VMs both called "AMD EPYC" timed the same uniform
-    plan at 0.54x (`retime_repeat.md`) and 0.61x (`latency_fidelity.md`) of the base."""
+    plan at 0.54x (`retime_repeat.md`) and 0.605x (`depth_ceiling.json`) of the base."""
     return record.get("cpu", "unknown CPU") + (f" ({record['cpu_isa']})" if record.get("cpu_isa") else "")
 
 

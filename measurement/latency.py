@@ -142,7 +142,7 @@ def cpu_model() -> str:
 
 def cpu_isa() -> str:
     """The vector instruction set torch's CPU kernels dispatch to (e.g. AVX2, AVX512). Two VMs that both
-    call themselves "AMD EPYC" timed the same ResNet-20 plan at batch 1 at 0.54x and 0.61x of the base, so
+    call themselves "AMD EPYC" timed the same ResNet-20 plan at batch 1 at 0.54x and 0.605x of the base, so
     the model name alone does not identify a machine; the first's instruction set was not recorded."""
     return str(torch.backends.cpu.get_cpu_capability())
 
