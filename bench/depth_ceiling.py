@@ -45,7 +45,7 @@ from search_spaces.kinds import GRANULARITIES
 from search_spaces.preflight import checked_space
 from search_spaces.space import PruningSpace
 from service.execution.evaluation import restore_accuracy
-from service.pipeline import accuracy_recipe, artifact_files, base_model, final_finetune, load_data, meter_settings
+from service.pipeline import accuracy_recipe, artifact_files, base_model, final_model, load_data, meter_settings
 from service.preflight import identity_of, space_settings
 from service.spec import JobSpec
 
@@ -122,16 +122,6 @@ def signals(space: PruningSpace, data: DataSplits, spec: JobSpec, ratios: dict[s
         model = restore_accuracy(space.apply(ratios), data, replace(recipe, short_steps=steps))
         out[f"val_{steps}"] = accuracy(model, data.val, recipe.batch_size, recipe.val_limit)
     return out
-
-
-def finetuned(space: PruningSpace, base: nn.Module, data: DataSplits, spec: JobSpec, ratios: dict[str, float]
-              ) -> dict[str, float]:
-    """The quality rows' final model: BN recalibration, then the job's distilled fine-tune."""
-    recipe = accuracy_recipe(spec)
-    pruned = restore_accuracy(space.apply(ratios), data, replace(recipe, short_steps=0))
-    before = accuracy(pruned, data.test, recipe.batch_size)
-    final_finetune(pruned, base, data, spec, spec.finetune.final_epochs)
-    return {"test_acc": before, "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
 
 
 def summary(plans: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,8 +203,9 @@ def main() -> None:
             if any(r["plan"] == plan["plan"] and r["seed"] == seed for r in state["runs"]):
                 continue
             start = time.perf_counter()
-            run = {"plan": plan["plan"], "seed": seed, **finetuned(space, base, data, seeded, plan["ratios"]),
-                   "seconds": round(time.perf_counter() - start, 1)}
+            _, scores = final_model(space, plan["ratios"], base, data, seeded, seeded.finetune.final_epochs)
+            run = {"plan": plan["plan"], "seed": seed, "test_acc": scores["test_acc"],
+                   "test_acc_ft": scores["test_acc_ft"], "seconds": round(time.perf_counter() - start, 1)}
             state["runs"].append(run)
             print(json.dumps(run), flush=True)
             save()

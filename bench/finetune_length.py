@@ -26,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.results_io import RESULTS, environment, machine, markdown_table, write
-from measurement.accuracy import accuracy, recalibrate_batchnorm
 from search_spaces.artifacts import PLAN_FILE
 from search_spaces.plan import Plan
 from search_spaces.preflight import checked_space
-from service.pipeline import accuracy_recipe, base_model, final_finetune, load_data
+from service.pipeline import base_model, final_model, load_data
 from service.preflight import identity_of, space_settings
 from service.spec import parse_spec
 
@@ -46,18 +45,13 @@ def finetune(folder: Path, epochs: list[float]) -> list[dict[str, Any]]:
     space = checked_space(model, identity_of(spec), criterion=spec.criterion, seed=spec.seed, phase="space",
                           **space_settings(spec))
     ratios = Plan.read(folder / PLAN_FILE).ratios
-    recipe = accuracy_recipe(spec)
     rows = []
     for length in epochs:
-        pruned = space.apply(ratios)
-        if recipe.bn_recalibration:
-            recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size,
-                                  spec.seed)
         start = time.perf_counter()
-        final_finetune(pruned, model, data, spec, length)
+        _, scores = final_model(space, ratios, model, data, spec, length)
         rows.append({"job": spec.name, "strategy": report["strategy"], "space": "+".join(spec.dimensions),
                      "seed": spec.seed, "source": report["selected"]["source"], "epochs": length,
-                     "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size),
+                     "test_acc_ft": scores["test_acc_ft"],
                      "job_test_acc_ft": report["pruned"].get("test_acc_ft"),
                      "latency_ratio": report["latency"]["ratio"], "flops_ratio": report["ratios"]["flops"],
                      "seconds": round(time.perf_counter() - start, 1)})

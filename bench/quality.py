@@ -126,11 +126,12 @@ def job(strategy: str, budget: dict[str, Any], seed: int, criterion: str, space:
 def job_fields(spec: JobSpec, strategy: str, budget_name: str, space: str) -> dict[str, Any]:
     """What names a row, whether the job returned a plan or refused its budget (`strategy`: the bench's
     label, which names a configuration too, e.g. "halp scan20")."""
+    env = environment()
     return {"arch": spec.model.arch, "batch_size": spec.device.batch_size,
             "finetune": f"{spec.finetune.final_epochs} ep{' distilled' if spec.finetune.distill else ''}",
             "strategy": strategy, "budget": budget_name, "budget_metric": spec.budget.metric,
             "budget_target": spec.budget.target, "seed": spec.seed, "criterion": spec.criterion, "space": space,
-            **{k: environment()[k] for k in ("cpu", "cpu_isa", "commit")}}
+            **{k: env[k] for k in ("cpu", "cpu_isa", "commit")}}
 
 
 def unreachable_row(spec: JobSpec, strategy: str, budget_name: str, space: str,

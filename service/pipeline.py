@@ -349,33 +349,35 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
         choice = selection.choose(found.ranked, prep.budget, retime, emit, rescale)
         final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
     ratios = dict(choice.contender.evaluation.candidate.ratios)
-    recipe = accuracy_recipe(spec)
     with phases("final_model"):
-        pruned = space.apply(ratios)
-        if recipe.bn_recalibration:
-            recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size,
-                                  spec.seed)
-        scores = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
-                  "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
-        if spec.finetune.final_epochs > 0:
-            final_finetune(pruned, prep.model, data, spec, spec.finetune.final_epochs,
-                           step_progress(emit, "final_model"))
-            scores |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
-                       "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
+        pruned, scores = final_model(space, ratios, prep.model, data, spec, spec.finetune.final_epochs,
+                                     step_progress(emit, "final_model"))
         if space.sparse:
             make_permanent(pruned)  # fold the masks in: the saved weights hold the zeros
         pruned.eval()
     return Finalized(choice, final, ratios, pruned, scores)
 
 
-def final_finetune(pruned: nn.Module, base: nn.Module, data: DataSplits, spec: JobSpec, epochs: float,
-                   progress: Callable[[int, int, float], None] | None = None) -> None:
-    """The fine-tune a job gives its returned model: cosine LR, distilled from the base if the spec asks.
-    `bench/finetune_length.py` calls it with other lengths, so its plans are fine-tuned as the job's were."""
-    ft = spec.finetune
-    teacher = Distillation(base, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
-    fit(pruned, data.train, data.name, epochs, ft.effective_lr, ft.batch_size, spec.seed, schedule="cosine",
-        progress=progress, distill=teacher)
+def final_model(space: PruningSpace, ratios: Mapping[str, float], base: nn.Module, data: DataSplits,
+                spec: JobSpec, epochs: float, progress: Callable[[int, int, float], None] | None = None
+                ) -> tuple[nn.Module, dict[str, float]]:
+    """The model a job returns for a plan, with its scores: BN recalibrated, scored, fine-tuned for `epochs`
+    (cosine LR, distilled from the base if the spec asks) and scored again. The benches that fine-tune plans
+    again (`finetune_length`, `depth_ceiling`) call it too, so their plans get exactly the job's treatment."""
+    recipe = accuracy_recipe(spec)
+    pruned = space.apply(ratios)
+    if recipe.bn_recalibration:
+        recalibrate_batchnorm(pruned, data.train, recipe.recalibration_batches, recipe.finetune_batch_size, spec.seed)
+    scores = {"val_acc": accuracy(pruned, data.val, recipe.batch_size),
+              "test_acc": accuracy(pruned, data.test, recipe.batch_size)}
+    if epochs > 0:
+        ft = spec.finetune
+        teacher = Distillation(base, ft.distill_temperature, ft.distill_alpha) if ft.distill else None
+        fit(pruned, data.train, data.name, epochs, ft.effective_lr, ft.batch_size, spec.seed, schedule="cosine",
+            progress=progress, distill=teacher)
+        scores |= {"val_acc_ft": accuracy(pruned, data.val, recipe.batch_size),
+                   "test_acc_ft": accuracy(pruned, data.test, recipe.batch_size)}
+    return pruned, scores
 
 
 def ranking(ranked: Sequence[selection.Contender]) -> list[dict[str, Any]]:
