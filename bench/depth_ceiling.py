@@ -13,6 +13,7 @@ recorded beside the final accuracy, to see whether they pick the best k. Resumab
 already in the JSON are kept.
 
     python bench/depth_ceiling.py [--target 0.55] [--batch-size 1] [--seeds 0 1 2] [--only all:0 all:4]
+                                  [--results depth_ceiling_b32_xeon]
 """
 
 from __future__ import annotations
@@ -165,13 +166,17 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--only", nargs="*", default=None, help="fine-tune only these plans (family:k)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared/datasets/fashion-mnist"))
+    parser.add_argument("--results", default=NAME, help="results name under bench/results/: one per machine type and "
+                        "setting, as a walk's timings and its fine-tunes must come from one machine")
     args = parser.parse_args()
-    path = RESULTS / f"{NAME}.json"
+    path = RESULTS / f"{args.results}.json"
     state = json.loads(path.read_text()) if path.is_file() else {
         "environment": environment(), "target": args.target, "batch_size": args.batch_size, "plans": [], "runs": []}
+    if (state["target"], state["batch_size"]) != (args.target, args.batch_size):
+        parser.error(f"{path} holds a walk at {state['target']}x batch {state['batch_size']}: name another --results")
 
     def save() -> None:
-        write(NAME, state, render(state))
+        write(args.results, state, render(state))
 
     spec = spec_for(0, args.target, args.batch_size, args.data_root)
     data = load_data(spec)
