@@ -99,7 +99,8 @@ def fit_width(space: PruningSpace, meter: LatencyMeter, base: nn.Module, dropped
                              max_seconds=10)
         timings[r] = fresh
         tries.append({"width_ratio": round(r, 4), "ratio": fresh.ratio})
-        if (r == 0.0 and fresh.ratio <= target * 1.03) or 0.9 * target <= fresh.ratio <= target * 1.03:
+        if (r == 0.0 and fresh.ratio <= target * 1.03) or 0.9 * target <= fresh.ratio <= target * 1.03 \
+                or (r >= GRID[-1] and fresh.ratio > target * 1.03):  # the thinnest width misses: nothing fits
             break
         met = [w for w, t in timings.items() if t.ratio <= target * 1.03]
         missed = [w for w, t in timings.items() if t.ratio > target * 1.03]
