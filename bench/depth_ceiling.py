@@ -36,7 +36,7 @@ import torch
 from scipy.stats import kendalltau
 from torch import nn
 
-from bench.quality import BUDGETS, ROOT, job
+from bench.quality import BUDGETS, HELD, ROOT, job
 from bench.results_io import RESULTS, environment, machine, markdown_table, write
 from measurement.accuracy import accuracy
 from measurement.latency import LatencyMeter
@@ -92,32 +92,32 @@ def fit_width(space: PruningSpace, meter: LatencyMeter, base: nn.Module, dropped
     example = meter.example(space.identity.in_channels, space.identity.input_size)
     grid = [(r, meter.compare(space.apply(ratios_for(space, dropped, family, r)), base, example,
                               max_seconds=3).ratio) for r in GRID]
+    uses, meets = (bound * target for bound in HELD)
     aim, tries, timings = AIM * target, [], {}
     r = interpolate(grid, aim)
     for _ in range(TRIES):
         fresh = retime_files(meter, artifact_files(space, ratios_for(space, dropped, family, r)), None,
                              max_seconds=10)
-        timings[r] = fresh
+        timings[r], last = fresh, r
         tries.append({"width_ratio": round(r, 4), "ratio": fresh.ratio})
-        if (r == 0.0 and fresh.ratio <= target * 1.03) or 0.9 * target <= fresh.ratio <= target * 1.03 \
-                or (r >= GRID[-1] and fresh.ratio > target * 1.03):  # the thinnest width misses: nothing fits
+        met = [w for w, t in timings.items() if t.ratio <= meets]
+        missed = [w for w in timings if w not in met]
+        if (r == 0.0 and r in met) or uses <= fresh.ratio <= meets \
+                or (r >= GRID[-1] and r in missed):  # the thinnest width misses: nothing fits
             break
-        met = [w for w, t in timings.items() if t.ratio <= target * 1.03]
-        missed = [w for w, t in timings.items() if t.ratio > target * 1.03]
         if met and missed:
             r = (max(missed) + min(met)) / 2
         else:
             aim *= AIM * target / fresh.ratio
             r = interpolate(grid, aim)
-    met = [w for w, t in timings.items() if t.ratio <= target * 1.03]
-    r = min(met) if met else r
+    r = min(met) if met else last  # none met: the last timed try, over the budget (`meets` says so)
     fresh, ratios = timings[r], ratios_for(space, dropped, family, r)
     flops, params = space.cost(ratios)
     return {"dropped": dropped, "family": family, "width_ratio": round(r, 4), "ratios": ratios,
             "grid": [[g, round(x, 4)] for g, x in grid], "tries": tries, "latency_ratio": fresh.ratio,
             "latency_ci": [fresh.ci_low, fresh.ci_high], "flops_ratio": flops / space.flops,
-            "params_ratio": params / space.params, "meets": fresh.ratio <= target * 1.03,
-            "uses": fresh.ratio >= 0.9 * target}
+            "params_ratio": params / space.params, "meets": fresh.ratio <= meets,
+            "uses": fresh.ratio >= uses}
 
 
 def interpolate(grid: list[tuple[float, float]], aim: float) -> float:
