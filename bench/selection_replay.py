@@ -48,9 +48,9 @@ def contenders(folder: Path) -> list[dict[str, Any]]:
     for c in report["selected"]["ranking"]:
         source = c["source"]
         ratios = (history[c["candidate"]] if source == "search" else baselines[source])["ratios"]
+        chosen = c["candidate"] == report["selected"]["candidate_id"] and source == report["selected"]["source"]
         out.append({"job": folder.name, "source": source, "candidate": c["candidate"], "ratios": ratios,
-                    "val_0_job": c["val_acc_common_recipe"], "val_20_job": c["val_acc"], "chosen": c["candidate"] == report["selected"]["candidate_id"]
-                    and source == report["selected"]["source"]})
+                    "val_0_job": c["val_acc_common_recipe"], "val_20_job": c["val_acc"], "chosen": chosen})
     return out
 
 
@@ -110,7 +110,8 @@ def render(state: dict[str, Any]) -> str:
     return "\n".join([
         f"# Does the final choice pick the contender that ends best? ({machine(state['environment'])})", "",
         "Each job's contenders (its search's leading plans and the baselines meeting the budget), scored again: "
-        "val_0_job is the search's own score (BN recalibration alone), val_20_job what the job ranked them by (20 fine-tune steps, its val_limit of validation samples); "
+        "val_0_job is the search's own score (BN recalibration alone), val_20_job what the job ranked them by "
+        "(20 fine-tune steps, its val_limit of validation samples); "
         "val_20_limit the same recomputed here; val_20_full and val_100_full 20 or 100 steps scored on the whole "
         "validation split; test_acc_ft the job's own final fine-tune (its seed), on the test split.", "",
         markdown_table(picks(rows), ["signal", "jobs", "picks the best", "mean points given up"]), "",
