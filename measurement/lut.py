@@ -120,7 +120,10 @@ class LatencyTable:
         return _grid(info.in_channels, info.name in self._prunable_in), outs
 
     def build(self, progress: ProgressFn | None = None) -> int:
-        """Time every missing grid point; returns how many were timed."""
+        """Time every missing grid point; returns how many were timed. Each point is timed once per pass, the
+        passes in opposite orders, and the faster median kept: a VM's slow spell lasts several consecutive
+        timings, and a one-pass table on an AMD EPYC VM held 49 of 1824 points at over 1.3x their time
+        re-taken minutes later, which priced width plans 21% slow (bench/results/lut_replay_epyc_avx512_b1.md)."""
         todo = []
         for info in {self._key(i): i for i in self.space.layers}.values():
             table = self.entries.setdefault(self._key(info), {})
