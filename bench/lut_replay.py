@@ -5,7 +5,7 @@ prices those plans again on one or more cached tables (nothing is timed) and rep
 family (width only, or blocks dropped too), the median and 90th-percentile absolute error of:
   * raw: the table's layer sum, calibrated on the job's base latency;
   * calibrated: the same, corrected online by the plans the job measured before this one
-    (`measurement.lut.fit_scale` replayed in the job's order: what its search saw).
+    (`LatencyTable.observe` replayed in the job's order: what its search saw).
 Two tables of one device setting built at different times (or by different code) thus score against the
 same measurements: `--table old.json new.json`.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -25,28 +24,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_io import cpu_name, markdown_table, write
+from bench.results_io import cpu_name, markdown_table, median_p90, write
 from measurement.latency import LatencyMeter, MeterSettings
-from measurement.lut import LatencyTable, fit_scale
-from search_spaces.plan import ModelIdentity
-from search_spaces.space import PruningSpace
-from search_spaces.zoo import build_model
+from measurement.lut import LatencyTable
+from service.preflight import preflight_spec
+from service.spec import JobSpec
 
 SLOW = 1.3  # a grid point this much slower in one table than in another is called out
 
 
-def job_space(job: dict[str, Any]) -> PruningSpace:
-    """The job's pruning space on an untrained model: kept counts, and so latency, do not depend on weights."""
-    m = job["model"]
-    ident = ModelIdentity(arch=m["arch"], num_classes=m["num_classes"], in_channels=m["in_channels"],
-                          input_size=m["input_size"])
-    return PruningSpace(build_model(ident).eval(), ident, round_to=job["round_to"], kinds=job["dimensions"])
-
-
 def replay(table: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
     """Every plan the job measured, priced on `table` as the job would have: raw, then calibrated online."""
-    job, report = (json.loads((folder / f).read_text()) for f in ("job.json", "report.json"))
-    space = job_space(job)
+    report = json.loads((folder / "report.json").read_text())
+    space = preflight_spec(JobSpec.model_validate_json((folder / "job.json").read_text()), None)
     lut = LatencyTable(space, LatencyMeter(MeterSettings(batch_size=table["settings"]["batch_size"])))
     lut.entries = table["entries"]
     lut.calibrate(report["base"]["latency_budget_phase"]["median_ms"])
@@ -55,17 +45,12 @@ def replay(table: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
         if t["latency_source"] != "measured" or t["latency_ratio"] is None:
             continue
         kept = space.kept_for(t["ratios"])
-        raw = lut.raw_ratio(kept)
-        calibrated = 1 - fit_scale([(r["raw"], r["measured"]) for r in rows]) * (1 - raw) if rows else None
+        calibrated = lut.ratio(kept) if lut.observed else None  # on the plans before it, as the job's search
         dropped = any(v == 0.0 for v in lut.breakdown(kept).values())
-        rows.append({"job": folder.name, "family": "blocks dropped" if dropped else "width only", "raw": raw,
-                     "calibrated": calibrated, "measured": t["latency_ratio"]})
+        rows.append({"job": folder.name, "family": "blocks dropped" if dropped else "width only",
+                     "raw": lut.raw_ratio(kept), "calibrated": calibrated, "measured": t["latency_ratio"]})
+        lut.observe(kept, t["latency_ratio"])
     return rows
-
-
-def quantiles(errors: list[float]) -> tuple[float, float]:
-    ordered = sorted(errors)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
 
 
 def summary(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,9 +61,9 @@ def summary(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cal = [abs(r["calibrated"] / r["measured"] - 1) for r in mine if r["calibrated"] is not None]
         row: dict[str, Any] = {"table": name, "family": family, "plans": len(mine),
                                "raw signed median": statistics.median(raw)}
-        row["raw median"], row["raw p90"] = quantiles([abs(e) for e in raw])
+        row["raw median"], row["raw p90"] = median_p90([abs(e) for e in raw])
         if cal:
-            row["calibrated median"], row["calibrated p90"] = quantiles(cal)
+            row["calibrated median"], row["calibrated p90"] = median_p90(cal)
         out.append(row)
     return out
 

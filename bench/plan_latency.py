@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.base import SearchContext
 from agents.budget import Budget
 from agents.halp import HALPAgent
-from bench.results_io import RESULTS, environment, machine, markdown_table, write
+from bench.results_io import RESULTS, environment, machine, markdown_table, median_p90, write
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable, fit_scale
 from search_spaces.plan import ModelIdentity
@@ -110,9 +108,8 @@ def summarise(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, 
         pairs.append((r["raw"], r["measured"]))
     out = dict(summary)
     for kind in ("raw", "calibrated"):
-        errs = sorted(float(r[f"{kind}_error"]) for r in rows[1:])  # the first plan has nothing to calibrate on
-        out[f"{kind}_median"] = statistics.median(errs)
-        out[f"{kind}_p90"] = errs[min(len(errs) - 1, math.ceil(0.9 * len(errs)) - 1)]
+        # the first plan has nothing to calibrate on
+        out[f"{kind}_median"], out[f"{kind}_p90"] = median_p90([float(r[f"{kind}_error"]) for r in rows[1:]])
     out["final_scale"] = fit_scale(pairs)
     return out
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,6 +58,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def median_p90(values: Sequence[float]) -> tuple[float, float]:
+    """Median and 90th percentile (the smallest value with at least 90% of the values at or under it)."""
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
 
 
 def write(name: str, data: Any, markdown: str) -> None:

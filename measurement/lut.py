@@ -136,8 +136,8 @@ class LatencyTable:
             module, shape = layer_module(info, cin, cout)
             x = torch.randn(batch, *shape[1:])
             ms = self.meter.measure(module, x, repeats=self.repeats).median_ms
-            table = self.entries[self._key(info)]
-            table[f"{cin},{cout}"] = min(ms, table.get(f"{cin},{cout}", math.inf))  # a timing only errs slow
+            table, point = self.entries[self._key(info)], f"{cin},{cout}"
+            table[point] = min(ms, table.get(point, math.inf))  # a timing only errs slow
             if progress:
                 progress(n, len(order))
         if todo:
