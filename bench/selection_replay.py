@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.selection import break_ties
 from bench.results_io import RESULTS, environment, machine, markdown_table, write
 from measurement.accuracy import accuracy
 from search_spaces.preflight import checked_space
@@ -37,11 +38,13 @@ from service.preflight import identity_of, space_settings
 from service.spec import JobSpec
 
 SIGNALS = ("val_0_job", "val_20_job", "val_20_limit", "val_20_full", "val_100_full")
+TIES = "val_20_job, ties by val_0_job"  # the jobs' rule since `agents.selection.break_ties`
 
 
 def contenders(folder: Path) -> list[dict[str, Any]]:
     """The job's ranked contenders with their plans: search candidates from the history, baselines by name."""
     report = json.loads((folder / "report.json").read_text())
+    spec = JobSpec.model_validate_json((folder / "job.json").read_text())
     history = {t["id"]: t for t in json.loads((folder / "history.json").read_text())}
     baselines = {f"baseline:{b['name']}": b for b in report["baselines"]}
     out = []
@@ -50,7 +53,8 @@ def contenders(folder: Path) -> list[dict[str, Any]]:
         ratios = (history[c["candidate"]] if source == "search" else baselines[source])["ratios"]
         chosen = c["candidate"] == report["selected"]["candidate_id"] and source == report["selected"]["source"]
         out.append({"job": folder.name, "source": source, "candidate": c["candidate"], "ratios": ratios,
-                    "val_0_job": c["val_acc_common_recipe"], "val_20_job": c["val_acc"], "chosen": chosen})
+                    "val_0_job": c["val_acc_common_recipe"], "val_20_job": c["val_acc"], "chosen": chosen,
+                    "samples": min(spec.evaluation.val_limit or report["data"]["val"], report["data"]["val"])})
     return out
 
 
@@ -77,15 +81,23 @@ def picks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per signal: jobs where its top contender is the one that ends best, and the mean points given up."""
     jobs = sorted({r["job"] for r in rows})
     out = []
-    for signal in SIGNALS:
+    for signal in (*SIGNALS, TIES):
         regrets = []
         for job in jobs:
             mine = [r for r in rows if r["job"] == job]
             best = max(r["test_acc_ft"] for r in mine)
-            regrets.append(best - max(mine, key=lambda r: r[signal])["test_acc_ft"])
+            regrets.append(best - pick(mine, signal)["test_acc_ft"])
         out.append({"signal": signal, "jobs": len(jobs), "picks the best": sum(g == 0 for g in regrets),
                     "mean points given up": 100 * statistics.mean(regrets)})
     return out
+
+
+def pick(mine: list[dict[str, Any]], signal: str) -> dict[str, Any]:
+    """The contender a signal puts first; TIES ranks as `refine` does, by val_20 with near-ties by val_0."""
+    if signal != TIES:
+        return max(mine, key=lambda r: r[signal])
+    by_20 = sorted(mine, key=lambda r: -r["val_20_job"])
+    return break_ties(by_20, lambda r: r["val_20_job"], lambda r: r["val_0_job"], mine[0]["samples"])[0]
 
 
 def main() -> None:

@@ -317,8 +317,10 @@ def search(prep: Prepared, settings: Settings, execution: Execution, phases: Pha
             found = find_baselines(ctx, evaluator, emit, agent.name,
                                    baseline_cache(spec, space, execution.meter, settings.lut_cache_dir))
             rivals = {} if isinstance(agent, BisectionAgent) else found  # a baseline returns its own plan
-            ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget)
-            ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps)
+            ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget,
+                                          network=space.kept_for)
+            scored_on = min(spec.evaluation.val_limit or len(prep.data.val), len(prep.data.val))
+            ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps, samples=scored_on)
             sweep = selection.uniform_sweep(ctx, evaluator, emit, spec.evaluation.uniform_sweep)
     execution.close()  # the accuracy actors are done; timings go on
     return Searched(agent, outcome, found, ranked, sweep)
