@@ -66,7 +66,8 @@ class Choice:
     contender: Contender
     retimed: RatioLike | None
     verdict: str
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every fresh re-timing, in order
+    tightened: list[dict[str, Any]] = field(default_factory=list)  # plans `rescale` made smaller, scored
 
 
 def scored_as_common(e: Evaluation) -> bool:
@@ -200,11 +201,16 @@ def refine(ranked: Sequence[Contender], evaluate: EvaluateFn, steps: int, sample
     scored = score_plans(evaluate, [c.evaluation for c in lead], -200, steps, selection_steps=steps)
     refined = [Contender(c.source, replace(c.evaluation, val_acc=s.val_acc), c.evaluation.val_acc)
                for c, s in zip(lead, scored, strict=True)]
-    refined.sort(key=lambda c: (-(c.evaluation.val_acc or 0.0), c.evaluation.latency_ratio or 0.0))
-    if samples:
-        refined = break_ties(refined, lambda c: c.evaluation.val_acc or 0.0, lambda c: c.first_score or 0.0,
-                             samples)
-    return refined + main[top:] + [c for c in ranked if c.fallback]
+    return rank(refined, samples) + main[top:] + [c for c in ranked if c.fallback]
+
+
+def rank(scored: Sequence[Contender], samples: int | None) -> list[Contender]:
+    """Most accurate first (the smaller measured latency first on a tie); with `samples`, the contenders
+    within the noise of the leader's score ranked by their first score (`break_ties`)."""
+    ordered = sorted(scored, key=lambda c: (-(c.evaluation.val_acc or 0.0), c.evaluation.latency_ratio or 0.0))
+    if not samples:
+        return ordered
+    return break_ties(ordered, lambda c: c.evaluation.val_acc or 0.0, lambda c: c.first_score or 0.0, samples)
 
 
 def break_ties(ranked: Sequence[T], score: Callable[[T], float], first_score: Callable[[T], float],
@@ -262,24 +268,28 @@ def rescaler(ctx: SearchContext, evaluate: EvaluateFn, steps: int) -> Rescale:
             return None
         refined = c.first_score is not None and steps > 0
         how = "tightened" if factor < 1 else "widened"
-        tag = {**e.candidate.tag, f"{how}_from": e.candidate.id, **({"selection_steps": steps} if refined else {})}
-        (scored,) = evaluate([Candidate(next(ids), ratios, accuracy=True, latency="none",
-                                        short_steps=steps if refined else None, tag=tag)])
-        return Contender(f"{c.source}, {how}", scored)
+        tag = {**e.candidate.tag, f"{how}_from": e.candidate.id}
+        cands = [Candidate(next(ids), ratios, accuracy=True, latency="none", tag=tag)]
+        if refined:  # scored both ways, so that `rank` places it among the refined contenders
+            cands.insert(0, Candidate(next(ids), ratios, accuracy=True, latency="none", short_steps=steps,
+                                      tag={**tag, "selection_steps": steps}))
+        scored = evaluate(cands)
+        return Contender(f"{c.source}, {how}", scored[0], scored[1].val_acc if refined else None)
     return rescale
 
 
 def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, emit: Emit,
-           rescale: Rescale | None = None) -> Choice:
+           rescale: Rescale | None = None, samples: int | None = None) -> Choice:
     """The most accurate contender that meets the budget when re-timed; exact budgets need no re-timing.
 
     A contender whose fresh re-timing misses is timed in TIMINGS_ON_MISS fresh processes in all and
     judged on their median. One that still misses is tightened (`rescale`), and the tightened plan takes
-    its place in the ranking by its score. The one that meets but re-times under UNDERUSE of the budget
-    is widened (`widen`), and the wider plan is returned if its own re-timing meets: the same allocation with
-    more of every width, which the fine-tune turns into accuracy whatever a short score says (ResNet-20,
-    0.7x batch 32: Optuna's best trial re-timed at 0.58x on one VM, 0.63x on another). If none of
-    MAX_RETIMES contenders holds, the one closest to the budget, with its verdict."""
+    its place in the ranking by `refine`'s rule (`rank`, on the `samples` its scores were taken on). The
+    one that meets but re-times under UNDERUSE of the budget is widened (`widen`), and the wider plan is
+    returned if its own re-timing meets: the same allocation with more of every width, which the
+    fine-tune turns into accuracy whatever a short score says (ResNet-20, 0.7x batch 32: Optuna's best
+    trial re-timed at 0.58x on one VM, 0.63x on another). If none of MAX_RETIMES contenders holds, the
+    one closest to the budget, with its verdict."""
     if not ranked:
         raise BudgetUnreachableError(f"budget.target: no plan the job measured meets {budget.describe()}")
     if retime is None or not budget.measured:
@@ -287,6 +297,7 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         e = top.evaluation
         return Choice(top, None, budget.verdict(e.flops, e.params))
     attempts: list[dict[str, Any]] = []
+    tightened: list[dict[str, Any]] = []  # re-timed or not: the report shows every plan that competed
 
     def attempt(c: Contender) -> tuple[RatioLike, str]:
         e = c.evaluation
@@ -332,16 +343,16 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         if verdict == "met":
             if rescale is not None and stats.ratio < UNDERUSE * budget.target_ratio \
                     and (wide := widen(c, stats, rescale)) is not None:
-                return Choice(*wide, "met", attempts)
-            return Choice(c, stats, verdict, attempts)
+                return Choice(*wide, "met", attempts, tightened)
+            return Choice(c, stats, verdict, attempts, tightened)
         if closest is None or stats.ratio < closest[1].ratio:
             closest = (c, stats)
         if rescale is not None and len(attempts) < MAX_RETIMES \
                 and (t := rescale(c, aim / stats.ratio)) is not None:
-            at = next((i for i, q in enumerate(queue)
-                       if q.fallback or (q.evaluation.val_acc or 0.0) < (t.evaluation.val_acc or 0.0)), len(queue))
-            queue.insert(at, t)
+            tightened.append({"source": t.source, "candidate": t.evaluation.candidate.id,
+                              "val_acc": t.evaluation.val_acc, "val_acc_before_refine": t.first_score})
+            queue = rank([*(q for q in queue if not q.fallback), t], samples) + [q for q in queue if q.fallback]
     assert closest is not None
     c, stats = closest
     return Choice(c, stats, budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio),
-                  attempts)
+                  attempts, tightened)

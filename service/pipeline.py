@@ -115,6 +115,11 @@ def accuracy_recipe(spec: JobSpec) -> AccuracyRecipe:
                           lr=f.effective_lr, finetune_batch_size=f.batch_size, seed=spec.seed)
 
 
+def scored_on(spec: JobSpec, data: DataSplits) -> int:
+    """How many validation images a plan's score counts: what tells a lead from the sampling noise."""
+    return min(spec.evaluation.val_limit or len(data.val), len(data.val))
+
+
 def load_data(spec: JobSpec) -> DataSplits:
     m = spec.model
     data = load_dataset(spec.dataset, input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes)
@@ -319,8 +324,8 @@ def search(prep: Prepared, settings: Settings, execution: Execution, phases: Pha
             rivals = {} if isinstance(agent, BisectionAgent) else found  # a baseline returns its own plan
             ranked = selection.contenders(outcome.history, outcome.best, rivals, evaluator, budget,
                                           network=space.kept_for)
-            scored_on = min(spec.evaluation.val_limit or len(prep.data.val), len(prep.data.val))
-            ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps, samples=scored_on)
+            ranked = selection.refine(ranked, evaluator, spec.evaluation.selection_steps,
+                                      samples=scored_on(spec, prep.data))
             sweep = selection.uniform_sweep(ctx, evaluator, emit, spec.evaluation.uniform_sweep)
     execution.close()  # the accuracy actors are done; timings go on
     return Searched(agent, outcome, found, ranked, sweep)
@@ -348,7 +353,7 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
             raise BudgetUnreachableError(measured_floor(spec, space, [
                 e.latency_ratio for e in found.outcome.history
                 if e.latency_source == "measured" and e.latency_ratio is not None]))
-        choice = selection.choose(found.ranked, prep.budget, retime, emit, rescale)
+        choice = selection.choose(found.ranked, prep.budget, retime, emit, rescale, samples=scored_on(spec, data))
         final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
     ratios = dict(choice.contender.evaluation.candidate.ratios)
     with phases("final_model"):
@@ -412,7 +417,7 @@ def build_report(prep: Prepared, found: Searched, fin: Finalized, phases: Phases
                      "selection_steps": spec.evaluation.selection_steps,
                      "agent_choice": outcome.best.candidate.id if outcome.best else None,
                      "contenders": len(found.ranked), "ranking": ranking(found.ranked),
-                     "retimes": fin.choice.attempts},
+                     "retimes": fin.choice.attempts, "tightened": fin.choice.tightened},
         "latency": latency_account(final, budget, verdict),
         "base": {**base_acc, "flops": space.flops, "params": space.params, "latency": asdict(final.base),
                  "latency_budget_phase": asdict(prep.base_latency)},

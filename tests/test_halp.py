@@ -19,6 +19,7 @@ from agents.halp import HALPAgent, parse_variant
 from agents.selection import (
     RESCALE_AIM,
     UNDERUSE,
+    Choice,
     Contender,
     choose,
     contenders,
@@ -207,6 +208,35 @@ def test_choice_is_the_most_accurate_plan_that_holds_when_re_timed() -> None:
                                                     retimed[e.candidate.id] + 0.01), events.append)
     assert choice.contender.source == "baseline:uniform" and choice.verdict == "met"
     assert [a["verdict"] for a in choice.attempts] == ["missed", "missed", "met"] and len(events) == 3
+
+
+def test_a_tightened_leader_is_ranked_by_the_rule_that_ranked_it() -> None:
+    """Refined contenders: the leader (0.86 after 20 steps, 0.59 first) re-times over the budget; tightened, it
+    scores 0.84 after 20 steps and 0.55 first, within the noise of the uniform-like runner-up's 0.845 (0.36
+    first) on 1000 images. `refine`'s rule ranks it first, so it is re-timed and returned; on a sample so large
+    that 0.005 is a real lead, the runner-up is. Either way the report lists the tightened plan."""
+    space = make_space("small_cnn", 8)
+    budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
+    ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+    lead = replace(evaluation(1, 0.86, 0.49), candidate=Candidate(1, {d.name: 0.5 for d in space.dimensions}))
+    runner = replace(evaluation(2, 0.845, 0.48), candidate=Candidate(2, {d.name: 0.6 for d in space.dimensions}))
+    ranked = [Contender("search", lead, 0.59), Contender("search", runner, 0.36)]
+
+    def evaluate(cands: list[Candidate]) -> list[Evaluation]:
+        return [replace(evaluation(c.id, 0.84 if c.short_steps == 20 else 0.55, 0.0), candidate=c) for c in cands]
+
+    def retime(e: Evaluation) -> Timed:
+        r = 0.53 if e.candidate.id == 1 else 0.49
+        return Timed(r, r - 0.01, r + 0.01)
+
+    def chosen(samples: int) -> Choice:
+        return choose(ranked, budget, retime, lambda event: None, rescaler(ctx, evaluate, steps=20), samples)
+
+    near, far = chosen(1000), chosen(1_000_000)
+    assert near.contender.source == "search, tightened" and near.contender.first_score == 0.55
+    assert far.contender.evaluation.candidate.id == 2
+    for choice in (near, far):
+        assert [(t["val_acc"], t["val_acc_before_refine"]) for t in choice.tightened] == [(0.84, 0.55)]
 
 
 def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
