@@ -313,7 +313,9 @@ def render(rows: list[dict[str, Any]], name: str = NAME) -> str:
              table(SUITES["latency"], ("budget", "space", "strategy"), ("source",)), "",
              *[f"![{p}]({p})" for p in plots], "",
              "Accuracy: validation (1000 samples during search, all 5000 here) and test before fine-tune, test "
-             f"after the same {FINETUNE_EPOCHS} epoch fine-tune; latency ratio re-measured on the returned model "
+             f"after the same fine-tune for every row of a table ({LATENCY_FINETUNE['final_epochs']} epoch distilled "
+             f"at the latency budgets above, {FINETUNE_EPOCHS} epoch in the tables below); latency ratio "
+             "re-measured on the returned model "
              "(CPU, 1 thread, eager, batch 32 unless the budget says b1); mean ± half-range over seeds."]
     dense_kb = next((r["dense_kb"] for r in rows if r.get("sparse_kb")), 0)
     sections = [  # (heading, what to know first, table): a results file without a suite's rows leaves it out
