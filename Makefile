@@ -22,7 +22,7 @@ lint: install
 
 pytest: install
 	bash docker/install-browser.sh
-	PRUNESEARCH_REQUIRE_POSTGRES=1 PRUNESEARCH_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -W ignore::UserWarning
+	PRUNESEARCH_REQUIRE_POSTGRES=1 PRUNESEARCH_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -W ignore::UserWarning --durations=15
 
 test: lint pytest
 

@@ -213,6 +213,16 @@ def rank(scored: Sequence[Contender], samples: int | None) -> list[Contender]:
     return break_ties(ordered, lambda c: c.evaluation.val_acc or 0.0, lambda c: c.first_score or 0.0, samples)
 
 
+def requeue(queue: Sequence[Contender], added: Contender, samples: int | None) -> list[Contender]:
+    """`queue` (in `refine`'s order: the refined leaders, the rest, the fallbacks) with `added` placed among
+    the contenders scored as it was: a 20-step score is ranked with the refined leaders by `rank`, a common
+    one with the rest, so that two kinds of score are never sorted together."""
+    refined = [q for q in queue if q.first_score is not None and not q.fallback]
+    common = [q for q in queue if q.first_score is None and not q.fallback]
+    (refined if added.first_score is not None else common).append(added)
+    return rank(refined, samples) + rank(common, None) + [q for q in queue if q.fallback]
+
+
 def break_ties(ranked: Sequence[T], score: Callable[[T], float], first_score: Callable[[T], float],
                samples: int) -> list[T]:
     """`ranked` (best `score` first) with the items whose score is within one standard error of the
@@ -284,7 +294,7 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
 
     A contender whose fresh re-timing misses is timed in TIMINGS_ON_MISS fresh processes in all and
     judged on their median. One that still misses is tightened (`rescale`), and the tightened plan takes
-    its place in the ranking by `refine`'s rule (`rank`, on the `samples` its scores were taken on). The
+    its place in the ranking by `refine`'s rule (`requeue`, on the `samples` its scores were taken on). The
     one that meets but re-times under UNDERUSE of the budget is widened (`widen`), and the wider plan is
     returned if its own re-timing meets: the same allocation with more of every width, which the
     fine-tune turns into accuracy whatever a short score says (ResNet-20, 0.7x batch 32: Optuna's best
@@ -351,7 +361,7 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
                 and (t := rescale(c, aim / stats.ratio)) is not None:
             tightened.append({"source": t.source, "candidate": t.evaluation.candidate.id,
                               "val_acc": t.evaluation.val_acc, "val_acc_before_refine": t.first_score})
-            queue = rank([*(q for q in queue if not q.fallback), t], samples) + [q for q in queue if q.fallback]
+            queue = requeue(queue, t, samples)
     assert closest is not None
     c, stats = closest
     return Choice(c, stats, budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio),

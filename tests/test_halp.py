@@ -239,6 +239,33 @@ def test_a_tightened_leader_is_ranked_by_the_rule_that_ranked_it() -> None:
         assert [(t["val_acc"], t["val_acc_before_refine"]) for t in choice.tightened] == [(0.84, 0.55)]
 
 
+def test_a_tightened_leader_is_not_ranked_against_common_recipe_scores() -> None:
+    """`refine` re-scores the leaders after 20 steps and ranks them above the rest, whose scores come from the
+    common recipe and do not compare. The leader misses and its tightened copy scores 0.81 after 20 steps:
+    it goes back among the refined leaders (ahead of the runner-up's 0.80), not behind a contender past
+    the top four whose common-recipe 0.82 is a different measure."""
+    space = make_space("small_cnn", 8)
+    budget = Budget("latency_ms", 5.0, 10.0)
+    ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
+
+    def plan(i: int, acc: float, ratio: float) -> Evaluation:
+        return replace(evaluation(i, acc, 0.49), candidate=Candidate(i, {d.name: ratio for d in space.dimensions}))
+
+    ranked = [Contender("search", plan(1, 0.86, 0.5), 0.59), Contender("search", plan(2, 0.80, 0.6), 0.36),
+              Contender("baseline:uniform", plan(3, 0.82, 0.55))]
+
+    def evaluate(cands: list[Candidate]) -> list[Evaluation]:
+        return [replace(evaluation(c.id, 0.81 if c.short_steps == 20 else 0.55, 0.0), candidate=c) for c in cands]
+
+    def retime(e: Evaluation) -> Timed:
+        r = 0.53 if e.candidate.id == 1 else 0.49
+        return Timed(r, r - 0.01, r + 0.01)
+
+    choice = choose(ranked, budget, retime, lambda event: None, rescaler(ctx, evaluate, steps=20))
+    assert choice.contender.source == "search, tightened"
+    assert [a["candidate"] for a in choice.attempts] == [1, choice.contender.evaluation.candidate.id]
+
+
 def test_a_bisection_s_unscored_steps_that_met_become_fallbacks() -> None:
     """A uniform job measures several plans that meet (its bisection steps) but scores only its edge
     plan; when that one misses in a fresh process, the next measured plan that met is returned. The
