@@ -202,8 +202,8 @@ class ScheduleStore:
     def run_counts(self) -> dict[str, int]:
         """Runs per status (every status present) over all schedules."""
         with self._tx() as s:
-            counts = dict(s.execute(select(ScheduleRunRow.status, func.count()).group_by(ScheduleRunRow.status))
-                          .tuples().all())
+            counts = {status: n for status, n in
+                      s.execute(select(ScheduleRunRow.status, func.count()).group_by(ScheduleRunRow.status))}
         return {status: counts.get(status, 0) for status in RUN_STATUSES}
 
     def regressions(self) -> list[tuple[str, int, bool]]:
