@@ -373,6 +373,18 @@ def test_counts_queue_length_and_ping(store: JobStore) -> None:
     assert store.ping()
 
 
+def test_active_count_is_per_owner_and_counts_a_claimed_job_once(store: JobStore) -> None:
+    """The per-token job limit reads this: queued + running jobs of one owner, whatever moves between them."""
+    ids = [store.create_job(spec(), None, owner="ci").id for _ in range(4)]
+    store.create_job(spec(), None, owner="other")
+    assert store.active_count("ci") == 4
+    store.claim_next("w")  # queued -> running: still one active job
+    store.finish(ids[1], "failed")
+    store.request_cancel(ids[2])
+    assert store.active_count("ci") == 2
+    assert store.active_count("other") == 1 and store.active_count("nobody") == 0
+
+
 def test_migrations_build_exactly_the_models(store: JobStore) -> None:
     store.migrate()  # idempotent: every server runs it at start-up
     assert current_revision(store.engine) == head_revision() == "0002"

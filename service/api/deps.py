@@ -118,24 +118,10 @@ def _too_large(limit: int) -> JSONResponse:
                         status_code=status.HTTP_413_CONTENT_TOO_LARGE)
 
 
-def active_jobs(store: JobStore, owner: str) -> int:
-    """Queued + running jobs submitted with the token named `owner` (paged: the store has no owner filter)."""
-    count = 0
-    for state in ("queued", "running"):
-        offset = 0
-        while True:
-            jobs, total = store.list_jobs(state, None, 500, offset)
-            count += sum(1 for job in jobs if job.owner == owner)
-            offset += len(jobs)
-            if not jobs or offset >= total:
-                break
-    return count
-
-
 def check_active_limit(store: JobStore, settings: Settings, owner: str) -> None:
     """429 when `owner` already has `max_active_jobs_per_token` jobs queued or running."""
     limit = settings.max_active_jobs_per_token
-    active = active_jobs(store, owner)
+    active = store.active_count(owner)
     if active >= limit:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
                             detail=f"token {owner!r} already has {active} queued or running jobs; the limit is "

@@ -358,6 +358,13 @@ class JobStore:
             counts = {status: n for status, n in rows}
         return {status: counts.get(status, 0) for status in STATUSES}
 
+    def active_count(self, owner: str) -> int:
+        """Queued + running jobs submitted with the token named `owner`, in one statement: a job moving from
+        queued to running between two reads must not count twice (a paged count once saw 3 of 2)."""
+        with self._tx() as s:
+            return s.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.owner == owner, JobRow.status.not_in(TERMINAL))) or 0
+
     def queue_length(self) -> int:
         with self._tx() as s:
             return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued")) or 0
