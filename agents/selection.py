@@ -8,7 +8,8 @@ plan scored with the job's common recipe (BN recalibration and the job's short f
 compare) competes; the leaders are re-scored after a few fine-tune steps (the signal that ranks
 best, `refine`), then the most accurate is re-timed in a fresh process, and the first that meets the
 budget there is returned. A contender that misses there is tightened by just what its re-timing
-says it lacks (`rescale`) and the tightened plan competes too, so a miss at the budget's edge costs a
+says it lacks (`Rescaler`), and the tightened plan, once timed against it to hold, competes too, so a
+miss at the budget's edge costs a
 few percent of the budget, not a fall back to whatever far smaller plan the search also measured; the
 returned plan, if it leaves over a tenth of the budget unused, is widened the same way. A
 baseline strategy (uniform, global) returns its own plan: the others' plans are shown beside it, not
@@ -38,7 +39,7 @@ UNDERUSE = 0.9  # a returned plan that re-times under this share of its latency 
 # median. One timing can be an outlier: ResNet-20's uniform 0.55x plan at batch 1 re-timed 0.541x, 0.541x and
 # 0.580x in three jobs, though five fresh timings of a plan in a row span 1.3% (bench/results/retime_repeat.md).
 TIMINGS_ON_MISS = 3
-WIDENINGS = 2  # tries to widen a plan that leaves budget unused: the table's aim, then the fresh timings' line
+RESCALINGS = 2  # tries to tighten or widen a plan: the table's aim, then the line through what was timed
 
 
 class RatioLike(Protocol):
@@ -48,7 +49,7 @@ class RatioLike(Protocol):
 
 
 Retime = Callable[[Evaluation], RatioLike]
-Rescale = Callable[["Contender", float], "Contender | None"]
+PlanTimer = Callable[[Mapping[str, float], Mapping[str, float]], RatioLike]  # plan a's latency over plan b's
 T = TypeVar("T")
 Network = Callable[[Mapping[str, float]], Mapping[str, float]]  # what a plan builds: `PruningSpace.kept_for`
 
@@ -67,7 +68,7 @@ class Choice:
     retimed: RatioLike | None
     verdict: str
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every fresh re-timing, in order
-    tightened: list[dict[str, Any]] = field(default_factory=list)  # plans `rescale` made smaller, scored
+    tightened: list[dict[str, Any]] = field(default_factory=list)  # every smaller plan tried, scored or dropped
 
 
 def scored_as_common(e: Evaluation) -> bool:
@@ -263,37 +264,45 @@ def rescaled_ratios(ctx: SearchContext, ratios: Mapping[str, float], factor: flo
     return plan
 
 
-def rescaler(ctx: SearchContext, evaluate: EvaluateFn, steps: int) -> Rescale:
-    """`choose`'s correction of a contender's re-timing: the plan the table predicts at `factor` times the
-    contender's (`rescaled_ratios`), smaller when it re-timed over the target, wider when it left over a
-    tenth of the budget unused. It is scored as the contender was (after `steps` fine-tune steps if
-    `refine` re-scored it, else with the common recipe), so that a tightened plan ranks among the others.
-    The first ids count down from RESCALED_ID."""
-    ids = iter(range(RESCALED_ID, RESCALED_ID - 10_000, -1))
+class Rescaler:
+    """`choose`'s correction of a contender's re-timing, in three roles: `plan` is the plan the table
+    predicts at `factor` times the contender's (`rescaled_ratios`), smaller when it re-timed over the target,
+    wider when it left over a tenth of the budget unused; `against` times that plan against the contender in
+    one process, where the job's candidates are timed (None without `timer`), which is how a tightening
+    learns that the table was wrong before a fresh timing is spent on it; `score` scores it as the contender
+    was (after `steps` fine-tune steps if `refine` re-scored it, else with the common recipe), so that a
+    rescaled plan ranks among the others. Scored ids count down from RESCALED_ID."""
 
-    def rescale(c: Contender, factor: float) -> Contender | None:
+    def __init__(self, ctx: SearchContext, evaluate: EvaluateFn, steps: int, timer: PlanTimer | None = None
+                 ) -> None:
+        self.ctx, self.evaluate, self.steps, self.timer = ctx, evaluate, steps, timer
+        self.ids = iter(range(RESCALED_ID, RESCALED_ID - 10_000, -1))
+
+    def plan(self, c: Contender, factor: float) -> dict[str, float] | None:
+        return rescaled_ratios(self.ctx, c.evaluation.candidate.ratios, factor)
+
+    def against(self, c: Contender, ratios: Mapping[str, float]) -> float | None:
+        """The plan's latency over the contender's, timed interleaved in one process."""
+        return None if self.timer is None else self.timer(ratios, c.evaluation.candidate.ratios).ratio
+
+    def score(self, c: Contender, ratios: Mapping[str, float], how: str) -> Contender:
         e = c.evaluation
-        ratios = rescaled_ratios(ctx, e.candidate.ratios, factor)
-        if ratios is None:
-            return None
-        refined = c.first_score is not None and steps > 0
-        how = "tightened" if factor < 1 else "widened"
+        refined = c.first_score is not None and self.steps > 0
         tag = {**e.candidate.tag, f"{how}_from": e.candidate.id}
-        cands = [Candidate(next(ids), ratios, accuracy=True, latency="none", tag=tag)]
+        cands = [Candidate(next(self.ids), dict(ratios), accuracy=True, latency="none", tag=tag)]
         if refined:  # scored both ways, so that `rank` places it among the refined contenders
-            cands.insert(0, Candidate(next(ids), ratios, accuracy=True, latency="none", short_steps=steps,
-                                      tag={**tag, "selection_steps": steps}))
-        scored = evaluate(cands)
+            cands.insert(0, Candidate(next(self.ids), dict(ratios), accuracy=True, latency="none",
+                                      short_steps=self.steps, tag={**tag, "selection_steps": self.steps}))
+        scored = self.evaluate(cands)
         return Contender(f"{c.source}, {how}", scored[0], scored[1].val_acc if refined else None)
-    return rescale
 
 
 def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, emit: Emit,
-           rescale: Rescale | None = None, samples: int | None = None) -> Choice:
+           rescaler: Rescaler | None = None, samples: int | None = None) -> Choice:
     """The most accurate contender that meets the budget when re-timed; exact budgets need no re-timing.
 
     A contender whose fresh re-timing misses is timed in TIMINGS_ON_MISS fresh processes in all and
-    judged on their median. One that still misses is tightened (`rescale`), and the tightened plan takes
+    judged on their median. One that still misses is tightened (`tighten`), and the tightened plan takes
     its place in the ranking by `refine`'s rule (`requeue`, on the `samples` its scores were taken on). The
     one that meets but re-times under UNDERUSE of the budget is widened (`widen`), and the wider plan is
     returned if its own re-timing meets: the same allocation with more of every width, which the
@@ -327,16 +336,46 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         return stats, verdict
 
     aim = RESCALE_AIM * budget.target_ratio
+    target = budget.target_ratio
 
-    def widen(c: Contender, stats: RatioLike, rescale: Rescale) -> tuple[Contender, RatioLike] | None:
-        """The wider plan that holds, from up to WIDENINGS tries: the first aims by the table; a miss aims
+    def note(row: dict[str, Any]) -> None:
+        tightened.append(row)
+        emit({"type": "tightening", **row})
+
+    def tighten(c: Contender, stats: RatioLike, rescaler: Rescaler) -> Contender | None:
+        """The smaller plan worth a fresh timing, from up to RESCALINGS tries. Each is timed against `c` in
+        one process first: the fresh ratio that implies (`c`'s times the plan's over `c`'s) must meet the
+        target, else a second try aims along it, since the table can call a narrower plan faster where the
+        device runs it slower (MobileNetV2 0.7x batch 32: a leader re-timed 0.707x, its tightened copy 0.729x,
+        bench/results/quality_epyc_avx2_twopass_jobs.md). Every try is listed in `tightened`."""
+        factor = aim / stats.ratio
+        for _ in range(RESCALINGS):
+            if (ratios := rescaler.plan(c, factor)) is None:
+                return None
+            over = rescaler.against(c, ratios)
+            expected = None if over is None else stats.ratio * over
+            row = {"source": f"{c.source}, tightened", "from": c.evaluation.candidate.id, "aimed_factor": factor,
+                   "timed_over_origin": over, "expected_ratio": expected}
+            if expected is not None and expected > target:  # neither scored nor re-timed: it would miss
+                note({**row, "candidate": None, "outcome": "dropped"})
+                factor *= aim / expected  # the measured shortfall re-aims the table
+                continue
+            t = rescaler.score(c, ratios, "tightened")
+            note({**row, "candidate": t.evaluation.candidate.id, "outcome": "competes",
+                  "val_acc": t.evaluation.val_acc, "val_acc_before_refine": t.first_score})
+            return t
+        return None
+
+    def widen(c: Contender, stats: RatioLike, rescaler: Rescaler) -> tuple[Contender, RatioLike] | None:
+        """The wider plan that holds, from up to RESCALINGS tries: the first aims by the table; a miss aims
         again along the line through the two fresh timings, since the table's error differs from plan to
         plan (MobileNetV2 0.55x batch 32: a plan searched at 0.49x re-timed 0.43x, and its widening, aimed
         at 0.54x, re-timed 0.57x)."""
         factor = aim / stats.ratio
-        for _ in range(WIDENINGS):
-            if (w := rescale(c, factor)) is None:
+        for _ in range(RESCALINGS):
+            if (ratios := rescaler.plan(c, factor)) is None:
                 return None
+            w = rescaler.score(c, ratios, "widened")
             wider, verdict = attempt(w)
             if verdict == "met" and wider.ratio > stats.ratio:
                 return w, wider
@@ -351,16 +390,13 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         c = queue.pop(0)
         stats, verdict = attempt(c)
         if verdict == "met":
-            if rescale is not None and stats.ratio < UNDERUSE * budget.target_ratio \
-                    and (wide := widen(c, stats, rescale)) is not None:
+            if rescaler is not None and stats.ratio < UNDERUSE * target \
+                    and (wide := widen(c, stats, rescaler)) is not None:
                 return Choice(*wide, "met", attempts, tightened)
             return Choice(c, stats, verdict, attempts, tightened)
         if closest is None or stats.ratio < closest[1].ratio:
             closest = (c, stats)
-        if rescale is not None and len(attempts) < MAX_RETIMES \
-                and (t := rescale(c, aim / stats.ratio)) is not None:
-            tightened.append({"source": t.source, "candidate": t.evaluation.candidate.id,
-                              "val_acc": t.evaluation.val_acc, "val_acc_before_refine": t.first_score})
+        if rescaler is not None and len(attempts) < MAX_RETIMES and (t := tighten(c, stats, rescaler)) is not None:
             queue = requeue(queue, t, samples)
     assert closest is not None
     c, stats = closest

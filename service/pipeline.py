@@ -45,7 +45,7 @@ from search_spaces.zoo import build_model
 from service.config import Settings
 from service.execution import Execution, open_execution
 from service.execution.base import StopFn
-from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator, time_against
 from service.preflight import identity_of, measured_floor, space_settings, unreachable
 from service.spec import JobSpec, SpecError, TrainWeights
 
@@ -348,12 +348,17 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
         scorer = LocalEvaluator(space, data, prep.budget, accuracy_recipe(spec), None, prep.lut,
                                 should_stop=execution.should_stop)
         ctx = SearchContext(space=space, budget=prep.budget, seed=spec.seed, lut=prep.lut)
-        rescale = selection.rescaler(ctx, scorer, spec.evaluation.selection_steps)
+
+        def against(plan: Mapping[str, float], reference: Mapping[str, float]) -> RatioStats:
+            stats, _ = execution.time(time_against, space, dict(plan), dict(reference))
+            return stats
+
+        rescaler = selection.Rescaler(ctx, scorer, spec.evaluation.selection_steps, against)
         if not found.ranked and prep.budget.measured:
             raise BudgetUnreachableError(measured_floor(spec, space, [
                 e.latency_ratio for e in found.outcome.history
                 if e.latency_source == "measured" and e.latency_ratio is not None]))
-        choice = selection.choose(found.ranked, prep.budget, retime, emit, rescale, samples=scored_on(spec, data))
+        choice = selection.choose(found.ranked, prep.budget, retime, emit, rescaler, samples=scored_on(spec, data))
         final = choice.retimed if isinstance(choice.retimed, RatioStats) else retime(choice.contender.evaluation)
     ratios = dict(choice.contender.evaluation.candidate.ratios)
     with phases("final_model"):
