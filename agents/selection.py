@@ -267,9 +267,9 @@ def rescaled_ratios(ctx: SearchContext, ratios: Mapping[str, float], factor: flo
 class Rescaler:
     """`choose`'s correction of a contender's re-timing, in three roles: `plan` is the plan the table
     predicts at `factor` times the contender's (`rescaled_ratios`), smaller when it re-timed over the target,
-    wider when it left over a tenth of the budget unused; `against` times that plan against the contender in
-    one process, where the job's candidates are timed (None without `timer`), which is how a tightening
-    learns that the table was wrong before a fresh timing is spent on it; `score` scores it as the contender
+    wider when it left over a tenth of the budget unused; `against` times that plan against the contender,
+    interleaved in a fresh process where the job's candidates are timed (None without `timer`), which is how
+    a tightening learns that the table was wrong before it is scored and re-timed; `score` scores it as the contender
     was (after `steps` fine-tune steps if `refine` re-scored it, else with the common recipe), so that a
     rescaled plan ranks among the others. Scored ids count down from RESCALED_ID."""
 
@@ -282,7 +282,7 @@ class Rescaler:
         return rescaled_ratios(self.ctx, c.evaluation.candidate.ratios, factor)
 
     def against(self, c: Contender, ratios: Mapping[str, float]) -> float | None:
-        """The plan's latency over the contender's, timed interleaved in one process."""
+        """The plan's latency over the contender's, the two timed interleaved."""
         return None if self.timer is None else self.timer(ratios, c.evaluation.candidate.ratios).ratio
 
     def score(self, c: Contender, ratios: Mapping[str, float], how: str) -> Contender:
@@ -343,11 +343,12 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         emit({"type": "tightening", **row})
 
     def tighten(c: Contender, stats: RatioLike, rescaler: Rescaler) -> Contender | None:
-        """The smaller plan worth a fresh timing, from up to RESCALINGS tries. Each is timed against `c` in
-        one process first: the fresh ratio that implies (`c`'s times the plan's over `c`'s) must meet the
-        target, else a second try aims along it, since the table can call a narrower plan faster where the
-        device runs it slower (MobileNetV2 0.7x batch 32: a leader re-timed 0.707x, its tightened copy 0.729x,
-        bench/results/quality_epyc_avx2_twopass_jobs.md). Every try is listed in `tightened`."""
+        """The smaller plan worth scoring and re-timing, from up to RESCALINGS tries. Each is first timed
+        against `c`: the ratio that implies (`c`'s fresh one times the plan's over `c`'s) must meet the
+        target, else the next try aims along it. The table calls a narrower plan faster than the device runs
+        it: on MobileNetV2 at 0.7x batch 32, copies it put at 0.97 of their origin ran 0.98-1.03 of it
+        (bench/results/tighten_fidelity_mobilenetv2_b32.md), and one leader that re-timed 0.707x had a copy
+        that re-timed 0.729x (quality_epyc_avx2_twopass_jobs.md). Every try is listed in `tightened`."""
         factor = aim / stats.ratio
         for _ in range(RESCALINGS):
             if (ratios := rescaler.plan(c, factor)) is None:

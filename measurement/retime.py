@@ -7,6 +7,10 @@ rebuilds the pruned model from its artifact files (plan + safetensors, nothing u
 base architecture from the zoo, and times them interleaved. Weight values do not change the speed of
 dense kernels, so the base is timed with fresh weights. `prunesearch evaluate` runs the same code.
 
+The same process can time a plan against another plan instead of the base (`reference`, in FOLDER's
+`reference/`): how much faster a tightened plan runs than the one it came from, without the history of
+a process that has timed before (bench/results/tighten_fidelity_mobilenetv2_b32.md).
+
     python -m measurement.retime FOLDER   # FOLDER holds plan.json, model.safetensors, retime.json
 """
 
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from search_spaces.plan import Plan
 
 REQUEST_FILE = "retime.json"
+REFERENCE_DIR = "reference"  # a reference artifact to time against instead of the base
 
 
 class RetimeError(RuntimeError):
@@ -41,10 +46,16 @@ def ratio_from_dict(d: Mapping[str, Any]) -> RatioStats:
 
 def compare_artifact(folder: str | Path, settings: MeterSettings, factories: Mapping[str, str] | None = None,
                      max_seconds: float | None = None) -> RatioStats:
-    """Rebuild the artifact in `folder` and its base architecture, and time them interleaved (this process)."""
+    """Rebuild the artifact in `folder` and its base architecture (or the artifact in its `reference/`), and
+    time them interleaved (this process)."""
     from search_spaces.artifacts import load_pruned
 
     pruned, plan = load_pruned(folder, factories)
+    if (Path(folder) / REFERENCE_DIR).is_dir():
+        reference, _ = load_pruned(Path(folder) / REFERENCE_DIR, factories)
+        meter = LatencyMeter(settings)
+        example = meter.example(plan.model.in_channels, plan.model.input_size)
+        return meter.compare(pruned, reference, example, max_seconds=max_seconds)
     return compare_pruned(pruned, plan, settings, factories, max_seconds)
 
 
@@ -60,13 +71,19 @@ def compare_pruned(pruned: nn.Module, plan: Plan, settings: MeterSettings, facto
 
 
 def retime_files(meter: LatencyMeter, files: Mapping[str, bytes], factories: Mapping[str, str] | None,
-                 max_seconds: float, timeout_s: float = 900.0) -> RatioStats:
-    """Write an artifact's files to a temporary folder and time it in a new interpreter. Takes the meter
-    first so that it runs through a job's `time_on` wherever its candidates are timed (a Ray node too)."""
+                 max_seconds: float, reference: Mapping[str, bytes] | None = None, timeout_s: float = 900.0
+                 ) -> RatioStats:
+    """Write an artifact's files to a temporary folder and time it in a new interpreter, against its base or
+    against the `reference` artifact's files. Takes the meter first so that it runs through a job's
+    `time_on` wherever its candidates are timed (a Ray node too)."""
     with tempfile.TemporaryDirectory(prefix="prunesearch-retime-") as tmp:
         folder = Path(tmp)
         for name, data in files.items():
             (folder / name).write_bytes(data)
+        if reference is not None:
+            (folder / REFERENCE_DIR).mkdir()
+            for name, data in reference.items():
+                (folder / REFERENCE_DIR / name).write_bytes(data)
         request = {"settings": asdict(meter.settings), "factories": dict(factories or {}), "max_seconds": max_seconds}
         (folder / REQUEST_FILE).write_text(json.dumps(request))
         proc = subprocess.run([sys.executable, "-m", "measurement.retime", str(folder)], capture_output=True,

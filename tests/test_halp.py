@@ -29,9 +29,10 @@ from agents.selection import (
 )
 from measurement.latency import LatencyMeter, MeterSettings
 from measurement.lut import LatencyTable, fit_scale
+from measurement.retime import RetimeError, retime_files
 from measurement.training import Distillation, TrainConfig, train
-from service.execution.evaluation import AccuracyRecipe, LocalEvaluator, time_against
-from service.execution.local import LocalExecution
+from service.execution.evaluation import AccuracyRecipe, LocalEvaluator
+from service.pipeline import artifact_files
 from service.spec import SpecError, parse_spec
 from tests.conftest import job_dict, macs_timer, make_space, synthetic_splits
 
@@ -406,19 +407,16 @@ def test_a_tightened_plan_timed_slower_than_it_must_be_is_dropped_and_re_aimed()
     assert held.contender.source == "search" and held.verdict == "missed" and len(held.attempts) == 1
 
 
-def test_a_rescaled_plan_is_timed_against_the_plan_it_came_from() -> None:
-    """`time_against` (what the pipeline's Rescaler times with) compares the two plans, not either with
-    the base: on a device whose latency is its MACs, its ratio is the ratio of the two plans' MACs."""
+def test_a_rescaled_plan_is_timed_against_the_plan_it_came_from_in_a_fresh_process() -> None:
+    """What the pipeline's Rescaler times with: `retime_files` with a reference times the plan against that
+    plan's rebuilt artifact (a broken reference fails naming it), not against the base."""
     space = make_space("small_cnn", 8)
-    meter = LatencyMeter(MeterSettings(batch_size=4, warmup=1, repeats=3), timer=macs_timer)
-    plan, origin = space.uniform(0.5), space.uniform(0.25)
-
-    def latency(ratios: dict[str, float]) -> float:
-        example = meter.example(space.identity.in_channels, space.identity.input_size)
-        return meter.measure(space.apply(ratios), example).median_ms
-
-    over = LocalExecution(meter).time(time_against, space, plan, origin)[0]
-    assert over.ratio == pytest.approx(latency(plan) / latency(origin)) and over.ratio < 0.9
+    meter = LatencyMeter(MeterSettings(batch_size=2, warmup=1, repeats=3, max_seconds=0.2))
+    plan, origin = artifact_files(space, space.uniform(0.5)), artifact_files(space, space.uniform(0.25))
+    over = retime_files(meter, plan, None, 0.5, origin)
+    assert over.pairs >= 3 and over.candidate.median_ms > 0 and over.base.median_ms > 0
+    with pytest.raises(RetimeError, match=r"reference: no plan\.json"):
+        retime_files(meter, plan, None, 0.5, {"notes.txt": b"not an artifact"})
 
 
 def test_one_outlying_re_timing_does_not_make_a_contender_miss() -> None:

@@ -84,14 +84,6 @@ class DeviceTimer:
         return self.meter.compare_calls(self.meter.prepare(self.space.apply(ratios), self.example), self._base)
 
 
-def time_against(meter: LatencyMeter, space: PruningSpace, plan: dict[str, float], reference: dict[str, float]
-                 ) -> RatioStats:
-    """`plan`'s latency over `reference`'s, timed interleaved (through `Execution.time`, where candidates are
-    timed): whether a rescaled plan gains on the plan it came from what the table says it does."""
-    example = meter.example(space.identity.in_channels, space.identity.input_size)
-    return meter.compare(space.apply(plan), space.apply(reference), example)
-
-
 def assemble(cand: Candidate, acc: AccuracyResult, budget: Budget, measured: RatioStats | None,
              lut: LatencyTable | None, space: PruningSpace, seconds: float) -> Evaluation:
     """One Evaluation from the parts, with the budget decided by the one rule in `Budget.met`."""
