@@ -9,9 +9,9 @@ compare) competes; the leaders are re-scored after a few fine-tune steps (the si
 best, `refine`), then the most accurate is re-timed in a fresh process, and the first that meets the
 budget there is returned. A contender that misses there is tightened by just what its re-timing
 says it lacks (`Rescaler`), and the tightened plan, once timed against it to hold, competes too, so a
-miss at the budget's edge costs a
-few percent of the budget, not a fall back to whatever far smaller plan the search also measured; the
-returned plan, if it leaves over a tenth of the budget unused, is widened the same way. A
+miss at the budget's edge costs a few percent of the budget, not a fall back to whatever far smaller
+plan the search also measured; the returned plan, if it leaves over a tenth of the budget unused, is
+widened the same way. A
 baseline strategy (uniform, global) returns its own plan: the others' plans are shown beside it, not
 chosen. The report says which plan it was and where it came from.
 """
@@ -269,8 +269,8 @@ class Rescaler:
     predicts at `factor` times the contender's (`rescaled_ratios`), smaller when it re-timed over the target,
     wider when it left over a tenth of the budget unused; `against` times that plan against the contender,
     interleaved in a fresh process where the job's candidates are timed (None without `timer`), which is how
-    a tightening learns that the table was wrong before it is scored and re-timed; `score` scores it as the contender
-    was (after `steps` fine-tune steps if `refine` re-scored it, else with the common recipe), so that a
+    a tightening learns that the table was wrong before it is scored and re-timed; `score` scores it as the
+    contender was (after `steps` fine-tune steps if `refine` re-scored it, else with the common recipe), so that a
     rescaled plan ranks among the others. Scored ids count down from RESCALED_ID."""
 
     def __init__(self, ctx: SearchContext, evaluate: EvaluateFn, steps: int, timer: PlanTimer | None = None
@@ -346,7 +346,7 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         """The smaller plan worth scoring and re-timing, from up to RESCALINGS tries. Each is first timed
         against `c`: the ratio that implies (`c`'s fresh one times the plan's over `c`'s) must meet the
         target, else the next try aims along it. The table calls a narrower plan faster than the device runs
-        it: on MobileNetV2 at 0.7x batch 32, copies it put at 0.97 of their origin ran 0.98-1.03 of it
+        it: on MobileNetV2 at 0.7x batch 32, copies it put at 0.97 of their origin re-timed 0.986-1.010 of it
         (bench/results/tighten_fidelity_mobilenetv2_b32.md), and one leader that re-timed 0.707x had a copy
         that re-timed 0.729x (quality_epyc_avx2_twopass_jobs.md). Every try is listed in `tightened`."""
         factor = aim / stats.ratio

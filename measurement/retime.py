@@ -7,8 +7,8 @@ rebuilds the pruned model from its artifact files (plan + safetensors, nothing u
 base architecture from the zoo, and times them interleaved. Weight values do not change the speed of
 dense kernels, so the base is timed with fresh weights. `prunesearch evaluate` runs the same code.
 
-The same process can time a plan against another plan instead of the base (`reference`, in FOLDER's
-`reference/`): how much faster a tightened plan runs than the one it came from, without the history of
+The same process can time a plan against another plan instead of the base (`reference`, which the
+request names): how much faster a tightened plan runs than the one it came from, without the history of
 a process that has timed before (bench/results/tighten_fidelity_mobilenetv2_b32.md).
 
     python -m measurement.retime FOLDER   # FOLDER holds plan.json, model.safetensors, retime.json
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from search_spaces.plan import Plan
 
 REQUEST_FILE = "retime.json"
-REFERENCE_DIR = "reference"  # a reference artifact to time against instead of the base
+REFERENCE_DIR = "reference"  # where `retime_files` puts a reference artifact to time against instead of the base
 
 
 class RetimeError(RuntimeError):
@@ -45,17 +45,17 @@ def ratio_from_dict(d: Mapping[str, Any]) -> RatioStats:
 
 
 def compare_artifact(folder: str | Path, settings: MeterSettings, factories: Mapping[str, str] | None = None,
-                     max_seconds: float | None = None) -> RatioStats:
-    """Rebuild the artifact in `folder` and its base architecture (or the artifact in its `reference/`), and
-    time them interleaved (this process)."""
+                     max_seconds: float | None = None, reference: str | Path | None = None) -> RatioStats:
+    """Rebuild the artifact in `folder` and its base architecture (or the artifact in `reference`), and time
+    them interleaved (this process)."""
     from search_spaces.artifacts import load_pruned
 
     pruned, plan = load_pruned(folder, factories)
-    if (Path(folder) / REFERENCE_DIR).is_dir():
-        reference, _ = load_pruned(Path(folder) / REFERENCE_DIR, factories)
+    if reference is not None:
+        other, _ = load_pruned(reference, factories)
         meter = LatencyMeter(settings)
         example = meter.example(plan.model.in_channels, plan.model.input_size)
-        return meter.compare(pruned, reference, example, max_seconds=max_seconds)
+        return meter.compare(pruned, other, example, max_seconds=max_seconds)
     return compare_pruned(pruned, plan, settings, factories, max_seconds)
 
 
@@ -84,7 +84,8 @@ def retime_files(meter: LatencyMeter, files: Mapping[str, bytes], factories: Map
             (folder / REFERENCE_DIR).mkdir()
             for name, data in reference.items():
                 (folder / REFERENCE_DIR / name).write_bytes(data)
-        request = {"settings": asdict(meter.settings), "factories": dict(factories or {}), "max_seconds": max_seconds}
+        request = {"settings": asdict(meter.settings), "factories": dict(factories or {}), "max_seconds": max_seconds,
+                   "reference": REFERENCE_DIR if reference is not None else None}
         (folder / REQUEST_FILE).write_text(json.dumps(request))
         proc = subprocess.run([sys.executable, "-m", "measurement.retime", str(folder)], capture_output=True,
                               text=True, timeout=timeout_s, check=False)
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     request = json.loads((folder / REQUEST_FILE).read_text())
     cores = request["settings"].get("cores")
     settings = MeterSettings(**{**request["settings"], "cores": tuple(cores) if cores else None})
-    stats = compare_artifact(folder, settings, request["factories"], request["max_seconds"])
+    reference = folder / request["reference"] if request.get("reference") else None
+    stats = compare_artifact(folder, settings, request["factories"], request["max_seconds"], reference)
     print(json.dumps(asdict(stats)))
     return 0
 

@@ -350,8 +350,8 @@ def finalize(prep: Prepared, found: Searched, settings: Settings, execution: Exe
         ctx = SearchContext(space=space, budget=prep.budget, seed=spec.seed, lut=prep.lut)
 
         def against(plan: Mapping[str, float], reference: Mapping[str, float]) -> RatioStats:
-            """In a fresh process too: one that has timed before calls a tightened plan 2.4% slower against its
-            origin than fresh timings do (bench/results/tighten_fidelity_mobilenetv2_b32.md)."""
+            """In a fresh process too: the long-lived timing process called tightened plans 1.7% slower against
+            their origins, on average, than fresh timings did (bench/results/tighten_fidelity_mobilenetv2_b32.md)."""
             stats, _ = execution.time(retime_files, artifact_files(space, plan), settings.model_factories,
                                       max_seconds, artifact_files(space, reference))
             return stats
