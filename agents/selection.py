@@ -11,9 +11,8 @@ budget there is returned. A contender that misses there is tightened by just wha
 says it lacks (`Rescaler`), and the tightened plan, once timed against it to hold, competes too, so a
 miss at the budget's edge costs a few percent of the budget, not a fall back to whatever far smaller
 plan the search also measured; the returned plan, if it leaves over a tenth of the budget unused, is
-widened the same way. A
-baseline strategy (uniform, global) returns its own plan: the others' plans are shown beside it, not
-chosen. The report says which plan it was and where it came from.
+widened the same way. A baseline strategy (uniform, global) returns its own plan: the others' plans
+are shown beside it, not chosen. The report says which plan it was and where it came from.
 """
 
 from __future__ import annotations

@@ -81,18 +81,18 @@ def run(folder: Path, factors: list[float], top: int, fresh_repeats: int
         ctx = SearchContext(space=space, budget=prep.budget, seed=spec.seed, lut=lut)
         ctx.record(history(folder))  # the table corrected on the job's measured plans, as its choice used it
 
-        def fresh(ratios: dict[str, float]) -> list[float]:
-            return [execution.time(retime_files, artifact_files(space, ratios), None, seconds)[0].ratio
-                    for _ in range(fresh_repeats)]
+        def fresh(files: dict[str, bytes]) -> list[float]:
+            return [execution.time(retime_files, files, None, seconds)[0].ratio for _ in range(fresh_repeats)]
 
         for origin in contenders(folder, top):
             o = dict(origin.candidate.ratios)
-            fresh_o = fresh(o)
+            files_o = artifact_files(space, o)
+            fresh_o = fresh(files_o)
             for f in factors:
                 if (t := rescaled_ratios(ctx, o, f)) is None:
                     continue
-                fresh_t = fresh(t)
-                files_t, files_o = artifact_files(space, t), artifact_files(space, o)
+                files_t = artifact_files(space, t)
+                fresh_t = fresh(files_t)
                 against = execution.time(retime_files, files_t, None, seconds, files_o)[0].ratio
                 over = execution.time(time_against, space, t, o)[0].ratio
                 overs = [a / b for a, b in zip(fresh_t, fresh_o, strict=True)]

@@ -51,20 +51,16 @@ def compare_artifact(folder: str | Path, settings: MeterSettings, factories: Map
     from search_spaces.artifacts import load_pruned
 
     pruned, plan = load_pruned(folder, factories)
-    if reference is not None:
-        other, _ = load_pruned(reference, factories)
-        meter = LatencyMeter(settings)
-        example = meter.example(plan.model.in_channels, plan.model.input_size)
-        return meter.compare(pruned, other, example, max_seconds=max_seconds)
-    return compare_pruned(pruned, plan, settings, factories, max_seconds)
+    other = load_pruned(reference, factories)[0] if reference is not None else None
+    return compare_pruned(pruned, plan, settings, factories, max_seconds, other)
 
 
 def compare_pruned(pruned: nn.Module, plan: Plan, settings: MeterSettings, factories: Mapping[str, str] | None = None,
-                   max_seconds: float | None = None) -> RatioStats:
-    """Time a rebuilt pruned model interleaved against a fresh build of its base architecture."""
+                   max_seconds: float | None = None, reference: nn.Module | None = None) -> RatioStats:
+    """Time a rebuilt pruned model interleaved against a fresh build of its base architecture, or `reference`."""
     from search_spaces.zoo import build_model
 
-    base = build_model(plan.model, factories).eval()
+    base = reference if reference is not None else build_model(plan.model, factories).eval()
     meter = LatencyMeter(settings)
     example = meter.example(plan.model.in_channels, plan.model.input_size)
     return meter.compare(pruned, base, example, max_seconds=max_seconds)
