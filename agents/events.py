@@ -24,8 +24,8 @@ EVENT_KINDS: dict[str, str] = {
     "sweep_point": "uniform sweep at {ratio:%}: val acc {val_acc:%}[, latency ×{latency_ratio:4}], FLOPs {flops:n}",
     "retime": "re-timed {source} in a fresh process: ×{retimed_ratio:4}[, the median of {median_of} timings]"
               "[ (search ×{search_latency_ratio:4})], {verdict}",
-    "tightening": "{source}[: ×{timed_over_origin:4} of its origin timed together, so ×{expected_ratio:4} "
-                  "expected], {outcome}",
+    "rescaling": "{source}[: ×{timed_over_origin:4} of its origin timed together, so ×{expected_ratio:4} "
+                 "expected], {outcome}",
     "done": "done: artifacts written",
     "failed": "failed: {error}",
     "cancelled": "cancelled[: {reason}]",

@@ -11,7 +11,7 @@ budget there is returned. A contender that misses there is tightened by just wha
 says it lacks (`Rescaler`), and the tightened plan, once timed against it to hold, competes too, so a
 miss at the budget's edge costs a few percent of the budget, not a fall back to whatever far smaller
 plan the search also measured; the returned plan, if it leaves over a tenth of the budget unused, is
-widened the same way. A baseline strategy (uniform, global) returns its own plan: the others' plans
+widened by the same mechanism. A baseline strategy (uniform, global) returns its own plan: the others' plans
 are shown beside it, not chosen. The report says which plan it was and where it came from.
 """
 
@@ -38,7 +38,7 @@ UNDERUSE = 0.9  # a returned plan that re-times under this share of its latency 
 # median. One timing can be an outlier: ResNet-20's uniform 0.55x plan at batch 1 re-timed 0.541x, 0.541x and
 # 0.580x in three jobs, though five fresh timings of a plan in a row span 1.3% (bench/results/retime_repeat.md).
 TIMINGS_ON_MISS = 3
-RESCALINGS = 2  # tries to tighten or widen a plan: the table's aim, then the line through what was timed
+RESCALINGS = 2  # tries to tighten or widen a plan: the table's aim, then the aim corrected by what was timed
 
 
 class RatioLike(Protocol):
@@ -67,7 +67,7 @@ class Choice:
     retimed: RatioLike | None
     verdict: str
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every fresh re-timing, in order
-    tightened: list[dict[str, Any]] = field(default_factory=list)  # every smaller plan tried, scored or dropped
+    rescaled: list[dict[str, Any]] = field(default_factory=list)  # every tightened or widened copy tried
 
 
 def scored_as_common(e: Evaluation) -> bool:
@@ -268,7 +268,7 @@ class Rescaler:
     predicts at `factor` times the contender's (`rescaled_ratios`), smaller when it re-timed over the target,
     wider when it left over a tenth of the budget unused; `against` times that plan against the contender,
     interleaved in a fresh process where the job's candidates are timed (None without `timer`), which is how
-    a tightening learns that the table was wrong before it is scored and re-timed; `score` scores it as the
+    a rescaling learns that the table was wrong before it is scored and re-timed; `score` scores it as the
     contender was (after `steps` fine-tune steps if `refine` re-scored it, else with the common recipe), so that a
     rescaled plan ranks among the others. Scored ids count down from RESCALED_ID."""
 
@@ -301,10 +301,10 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
     """The most accurate contender that meets the budget when re-timed; exact budgets need no re-timing.
 
     A contender whose fresh re-timing misses is timed in TIMINGS_ON_MISS fresh processes in all and
-    judged on their median. One that still misses is tightened (`tighten`), and the tightened plan takes
+    judged on their median. One that still misses is tightened (`rescale`), and the tightened plan takes
     its place in the ranking by `refine`'s rule (`requeue`, on the `samples` its scores were taken on). The
-    one that meets but re-times under UNDERUSE of the budget is widened (`widen`), and the wider plan is
-    returned if its own re-timing meets: the same allocation with more of every width, which the
+    one that meets but re-times under UNDERUSE of the budget is widened (`rescale` again), and the wider plan
+    is returned if its own re-timing meets: the same allocation with more of every width, which the
     fine-tune turns into accuracy whatever a short score says (ResNet-20, 0.7x batch 32: Optuna's best
     trial re-timed at 0.58x on one VM, 0.63x on another). If none of MAX_RETIMES contenders holds, the
     one closest to the budget, with its verdict."""
@@ -315,7 +315,7 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         e = top.evaluation
         return Choice(top, None, budget.verdict(e.flops, e.params))
     attempts: list[dict[str, Any]] = []
-    tightened: list[dict[str, Any]] = []  # re-timed or not: the report shows every plan that competed
+    rescaled: list[dict[str, Any]] = []  # scored or dropped: the report shows every copy tried
 
     def attempt(c: Contender) -> tuple[RatioLike, str]:
         e = c.evaluation
@@ -337,52 +337,35 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
     aim = RESCALE_AIM * budget.target_ratio
     target = budget.target_ratio
 
-    def note(row: dict[str, Any]) -> None:
-        tightened.append(row)
-        emit({"type": "tightening", **row})
-
-    def tighten(c: Contender, stats: RatioLike, rescaler: Rescaler) -> Contender | None:
-        """The smaller plan worth scoring and re-timing, from up to RESCALINGS tries. Each is first timed
-        against `c`: the ratio that implies (`c`'s fresh one times the plan's over `c`'s) must meet the
-        target, else the next try aims along it. The table calls a narrower plan faster than the device runs
-        it: on MobileNetV2 at 0.7x batch 32, copies it put at 0.97 of their origin re-timed 0.986-1.010 of it
-        (bench/results/tighten_fidelity_mobilenetv2_b32.md), and one leader that re-timed 0.707x had a copy
-        that re-timed 0.729x (quality_epyc_avx2_twopass_jobs.md). Every try is listed in `tightened`."""
+    def rescale(c: Contender, stats: RatioLike, rescaler: Rescaler, how: str) -> Contender | None:
+        """The tightened or widened copy of `c` worth scoring, from up to RESCALINGS tries, aimed at RESCALE_AIM
+        of the target. Each is first timed against `c`: the ratio that implies (`c`'s fresh one times the copy's
+        over `c`'s) must meet the target, else the copy is neither scored nor re-timed and the next try aims
+        along that timing. The table is wrong in both directions: on MobileNetV2 at 0.7x batch 32, copies it put
+        at 0.97 of their origin re-timed 0.986-1.010 of it (bench/results/tighten_fidelity_mobilenetv2_b32.md);
+        at 0.55x a widening it aimed at 0.54x re-timed 0.57x (quality_epyc_avx2_twopass_jobs.md). Every try
+        is listed in `rescaled` and emitted as a `rescaling` event."""
         factor = aim / stats.ratio
         for _ in range(RESCALINGS):
             if (ratios := rescaler.plan(c, factor)) is None:
                 return None
             over = rescaler.against(c, ratios)
             expected = None if over is None else stats.ratio * over
-            row = {"source": f"{c.source}, tightened", "from": c.evaluation.candidate.id, "aimed_factor": factor,
+            row = {"source": f"{c.source}, {how}", "from": c.evaluation.candidate.id, "aimed_factor": factor,
                    "timed_over_origin": over, "expected_ratio": expected}
-            if expected is not None and expected > target:  # neither scored nor re-timed: it would miss
+            if expected is not None and expected > target:  # it would miss
                 note({**row, "candidate": None, "outcome": "dropped"})
-                factor *= aim / expected  # the measured shortfall re-aims the table
+                factor *= aim / expected  # the measured quotient re-aims the table
                 continue
-            t = rescaler.score(c, ratios, "tightened")
+            t = rescaler.score(c, ratios, how)
             note({**row, "candidate": t.evaluation.candidate.id, "outcome": "competes",
                   "val_acc": t.evaluation.val_acc, "val_acc_before_refine": t.first_score})
             return t
         return None
 
-    def widen(c: Contender, stats: RatioLike, rescaler: Rescaler) -> tuple[Contender, RatioLike] | None:
-        """The wider plan that holds, from up to RESCALINGS tries: the first aims by the table; a miss aims
-        again along the line through the two fresh timings, since the table's error differs from plan to
-        plan (MobileNetV2 0.55x batch 32: a plan searched at 0.49x re-timed 0.43x, and its widening, aimed
-        at 0.54x, re-timed 0.57x)."""
-        factor = aim / stats.ratio
-        for _ in range(RESCALINGS):
-            if (ratios := rescaler.plan(c, factor)) is None:
-                return None
-            w = rescaler.score(c, ratios, "widened")
-            wider, verdict = attempt(w)
-            if verdict == "met" and wider.ratio > stats.ratio:
-                return w, wider
-            if not stats.ratio < aim < wider.ratio:
-                return None
-            factor = 1 + (factor - 1) * (aim - stats.ratio) / (wider.ratio - stats.ratio)
-        return None
+    def note(row: dict[str, Any]) -> None:
+        rescaled.append(row)
+        emit({"type": "rescaling", **row})
 
     closest: tuple[Contender, RatioLike] | None = None
     queue = list(ranked)
@@ -391,14 +374,17 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         stats, verdict = attempt(c)
         if verdict == "met":
             if rescaler is not None and stats.ratio < UNDERUSE * target \
-                    and (wide := widen(c, stats, rescaler)) is not None:
-                return Choice(*wide, "met", attempts, tightened)
-            return Choice(c, stats, verdict, attempts, tightened)
+                    and (w := rescale(c, stats, rescaler, "widened")) is not None:
+                wider, wide_verdict = attempt(w)
+                if wide_verdict == "met":  # else the plan it widens, which held
+                    return Choice(w, wider, "met", attempts, rescaled)
+            return Choice(c, stats, verdict, attempts, rescaled)
         if closest is None or stats.ratio < closest[1].ratio:
             closest = (c, stats)
-        if rescaler is not None and len(attempts) < MAX_RETIMES and (t := tighten(c, stats, rescaler)) is not None:
+        if rescaler is not None and len(attempts) < MAX_RETIMES \
+                and (t := rescale(c, stats, rescaler, "tightened")) is not None:
             queue = requeue(queue, t, samples)
     assert closest is not None
     c, stats = closest
     return Choice(c, stats, budget.verdict(c.evaluation.flops, c.evaluation.params, stats.ci_high, stats.ratio),
-                  attempts, tightened)
+                  attempts, rescaled)

@@ -4,7 +4,7 @@ the parts of "search that pays" a unit test can see (the quality itself lives in
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from agents.selection import (
     UNDERUSE,
     Choice,
     Contender,
+    PlanTimer,
     Rescaler,
     choose,
     contenders,
@@ -238,7 +239,7 @@ def test_a_tightened_leader_is_ranked_by_the_rule_that_ranked_it() -> None:
     assert near.contender.source == "search, tightened" and near.contender.first_score == 0.55
     assert far.contender.evaluation.candidate.id == 2
     for choice in (near, far):
-        assert [(t["val_acc"], t["val_acc_before_refine"]) for t in choice.tightened] == [(0.84, 0.55)]
+        assert [(t["val_acc"], t["val_acc_before_refine"]) for t in choice.rescaled] == [(0.84, 0.55)]
 
 
 def test_a_tightened_leader_is_not_ranked_against_common_recipe_scores() -> None:
@@ -392,18 +393,18 @@ def test_a_tightened_plan_timed_slower_than_it_must_be_is_dropped_and_re_aimed()
 
     events: list[dict[str, Any]] = []
     choice = choose(ranked, budget, retime, events.append, Rescaler(ctx, evaluate, 0, timer_of(1.02, 0.9)))
-    first, second = choice.tightened
+    first, second = choice.rescaled
     assert first["outcome"] == "dropped" and first["candidate"] is None
     assert first["expected_ratio"] == pytest.approx(0.53 * 1.02)
     assert second["aimed_factor"] == pytest.approx(first["aimed_factor"] * RESCALE_AIM * 0.5 / (0.53 * 1.02))
     assert second["outcome"] == "competes" and [c.id for c in asked] == [second["candidate"]]  # one scored
     assert choice.contender.source == "search, tightened" and choice.verdict == "met"
     assert [a["candidate"] for a in choice.attempts] == [1, second["candidate"]]  # the dropped one never re-timed
-    assert [e["outcome"] for e in events if e["type"] == "tightening"] == ["dropped", "competes"]
+    assert [e["outcome"] for e in events if e["type"] == "rescaling"] == ["dropped", "competes"]
 
     asked.clear()
     held = choose(ranked, budget, retime, lambda event: None, Rescaler(ctx, evaluate, 0, timer_of(1.02, 1.01)))
-    assert [t["outcome"] for t in held.tightened] == ["dropped", "dropped"] and not asked
+    assert [t["outcome"] for t in held.rescaled] == ["dropped", "dropped"] and not asked
     assert held.contender.source == "search" and held.verdict == "missed" and len(held.attempts) == 1
 
 
@@ -470,9 +471,10 @@ def test_a_widened_plan_keeps_the_allocation_and_is_predicted_just_under_the_goa
 
 def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() -> None:
     """The best contender re-times at 0.36x against a 0.5x budget (under UNDERUSE of it). The same
-    allocation, widened to the table's 0.49x, is scored and re-timed; it holds and is returned. If that
-    wider plan re-times over the budget, a second aims along the line through the two timings, narrower
-    than the first; if it misses too, the first plan is returned."""
+    allocation, widened to the table's 0.49x, is scored and re-timed; it holds and is returned. Timed against
+    the contender first, a copy that runs 1.55 of it (0.558x expected) is dropped unscored and the second try
+    aims along that timing, narrower. A copy that passes that check but misses its own fresh re-timing is not
+    returned: the plan it widens held."""
     space = make_space("small_cnn", 8)
     budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
     ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
@@ -487,40 +489,54 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
         asked.extend(cands)
         return scorer(cands)
 
-    def retime_as(*widened: float) -> Callable[[Evaluation], Timed]:
-        """The contender at 0.36x; the n-th wider plan asked at widened[n], however often it is timed."""
+    def retime_as(r: float) -> Callable[[Evaluation], Timed]:
+        """The contender at 0.36x, every wider plan at `r`."""
         def retime(e: Evaluation) -> Timed:
-            ids = [c.id for c in asked[first:]]  # this choice's (every choice's rescaler counts from one id)
-            r = 0.36 if e.candidate.id == 1 else widened[ids.index(e.candidate.id)]
-            return Timed(r, r - 0.01, r + 0.01)
+            x = 0.36 if e.candidate.id == 1 else r
+            return Timed(x, x - 0.01, x + 0.01)
         return retime
 
-    def predicted(plan: Candidate) -> float:
-        return ctx.predicted_latency_ratio(plan.ratios)
+    def timer_of(*over: float) -> PlanTimer:
+        """The n-th copy timed at over[n] of the contender."""
+        timed: list[dict[str, float]] = []
 
-    first = len(asked)
+        def timer(plan: Any, reference: Any) -> Timed:
+            assert reference == small
+            timed.append(dict(plan))
+            x = over[len(timed) - 1]
+            return Timed(x, x - 0.01, x + 0.01)
+        return timer
+
+    def predicted(ratios: Mapping[str, float]) -> float:
+        return ctx.predicted_latency_ratio(ratios)
+
     choice = choose(ranked, budget, retime_as(0.47), lambda event: None, Rescaler(ctx, evaluate, steps=0))
     (w,) = asked
     assert w.tag["widened_from"] == 1 and w.latency == "none"
-    aimed = ctx.predicted_latency_ratio(small) * RESCALE_AIM * 0.5 / 0.36
-    assert 0.9 * aimed < predicted(w) <= aimed
+    aimed = predicted(small) * RESCALE_AIM * 0.5 / 0.36
+    assert 0.9 * aimed < predicted(w.ratios) <= aimed
     assert choice.contender.source == "search, widened" and choice.retimed is not None
     assert choice.retimed.ratio == 0.47 and choice.verdict == "met"
     assert [a["verdict"] for a in choice.attempts] == ["met", "met"]
+    assert [r["outcome"] for r in choice.rescaled] == ["competes"] and choice.rescaled[0]["candidate"] == w.id
 
-    first = len(asked)
-    second = choose(ranked, budget, retime_as(0.55, 0.48), lambda event: None, Rescaler(ctx, evaluate, steps=0))
-    w1, w2 = asked[first:]
-    assert predicted(Candidate(1, small)) < predicted(w2) < predicted(w1)  # between: along the timings' line
-    assert second.contender.source == "search, widened" and second.contender.evaluation.candidate.id == w2.id
-    assert [a["verdict"] for a in second.attempts] == ["met", "missed", "met"]
-    assert second.attempts[1]["retimed_ratios"] == [0.55, 0.55, 0.55]  # a miss is timed thrice
+    asked.clear()
+    events: list[dict[str, Any]] = []
+    checked = choose(ranked, budget, retime_as(0.48), events.append,
+                     Rescaler(ctx, evaluate, 0, timer_of(1.55, 1.3)))
+    dropped, kept = checked.rescaled
+    assert dropped["outcome"] == "dropped" and dropped["expected_ratio"] == pytest.approx(0.36 * 1.55)
+    assert kept["aimed_factor"] == pytest.approx(dropped["aimed_factor"] * RESCALE_AIM * 0.5 / (0.36 * 1.55))
+    (w2,) = asked  # the dropped copy was neither scored nor re-timed
+    assert kept["outcome"] == "competes" and kept["candidate"] == w2.id and predicted(w2.ratios) < predicted(w.ratios)
+    assert checked.contender.evaluation.candidate.id == w2.id and checked.verdict == "met"
+    assert [a["candidate"] for a in checked.attempts] == [1, w2.id]
+    assert [e["outcome"] for e in events if e["type"] == "rescaling"] == ["dropped", "competes"]
 
-    first = len(asked)
-    missed = choose(ranked, budget, retime_as(0.55, 0.53), lambda event: None, Rescaler(ctx, evaluate, steps=0))
-    assert len(asked) - first == 2  # WIDENINGS tries, then the first plan
-    assert missed.contender.source == "search" and [a["verdict"] for a in missed.attempts] == ["met", "missed",
-                                                                                               "missed"]
+    missed = choose(ranked, budget, retime_as(0.55), lambda event: None, Rescaler(ctx, evaluate, 0, timer_of(1.3)))
+    assert missed.contender.source == "search" and missed.verdict == "met"
+    assert [a["verdict"] for a in missed.attempts] == ["met", "missed"]
+    assert missed.attempts[1]["retimed_ratios"] == [0.55, 0.55, 0.55]  # a miss is timed thrice
     assert missed.retimed is not None and missed.retimed.ratio == 0.36
 
 
