@@ -358,6 +358,18 @@ def test_a_contender_that_misses_its_re_timing_is_tightened_instead_of_falling_f
     assert choose(ranked, budget, retime, lambda event: None).contender.source == "baseline:global"
 
 
+def timed_against(origin: Mapping[str, float], *over: float) -> PlanTimer:
+    """A `Rescaler` timer for copies of `origin`: the n-th copy timed at over[n] of it."""
+    timed: list[dict[str, float]] = []
+
+    def timer(plan: Mapping[str, float], reference: Mapping[str, float]) -> Timed:
+        assert reference == origin
+        timed.append(dict(plan))
+        r = over[len(timed) - 1]
+        return Timed(r, r - 0.01, r + 0.01)
+    return timer
+
+
 def test_a_tightened_plan_timed_slower_than_it_must_be_is_dropped_and_re_aimed() -> None:
     """The table calls the first tightened copy 7.5% faster than the edge plan; timed against it (in a
     fresh process, in the pipeline) it runs 2% slower, which implies 0.54x where 0.5x is asked. It is
@@ -381,18 +393,8 @@ def test_a_tightened_plan_timed_slower_than_it_must_be_is_dropped_and_re_aimed()
         r = 0.53 if e.candidate.id == 1 else 0.48  # the edge plan misses; its tightened copy holds
         return Timed(r, r - 0.01, r + 0.01)
 
-    def timer_of(*over: float) -> Callable[[Any, Any], Timed]:
-        timed: list[dict[str, float]] = []
-
-        def timer(plan: Any, reference: Any) -> Timed:
-            assert reference == edge
-            timed.append(dict(plan))
-            r = over[len(timed) - 1]
-            return Timed(r, r - 0.01, r + 0.01)
-        return timer
-
     events: list[dict[str, Any]] = []
-    choice = choose(ranked, budget, retime, events.append, Rescaler(ctx, evaluate, 0, timer_of(1.02, 0.9)))
+    choice = choose(ranked, budget, retime, events.append, Rescaler(ctx, evaluate, 0, timed_against(edge, 1.02, 0.9)))
     first, second = choice.rescaled
     assert first["outcome"] == "dropped" and first["candidate"] is None
     assert first["expected_ratio"] == pytest.approx(0.53 * 1.02)
@@ -403,7 +405,8 @@ def test_a_tightened_plan_timed_slower_than_it_must_be_is_dropped_and_re_aimed()
     assert [e["outcome"] for e in events if e["type"] == "rescaling"] == ["dropped", "competes"]
 
     asked.clear()
-    held = choose(ranked, budget, retime, lambda event: None, Rescaler(ctx, evaluate, 0, timer_of(1.02, 1.01)))
+    held = choose(ranked, budget, retime, lambda event: None,
+                  Rescaler(ctx, evaluate, 0, timed_against(edge, 1.02, 1.01)))
     assert [t["outcome"] for t in held.rescaled] == ["dropped", "dropped"] and not asked
     assert held.contender.source == "search" and held.verdict == "missed" and len(held.attempts) == 1
 
@@ -496,17 +499,6 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
             return Timed(x, x - 0.01, x + 0.01)
         return retime
 
-    def timer_of(*over: float) -> PlanTimer:
-        """The n-th copy timed at over[n] of the contender."""
-        timed: list[dict[str, float]] = []
-
-        def timer(plan: Any, reference: Any) -> Timed:
-            assert reference == small
-            timed.append(dict(plan))
-            x = over[len(timed) - 1]
-            return Timed(x, x - 0.01, x + 0.01)
-        return timer
-
     def predicted(ratios: Mapping[str, float]) -> float:
         return ctx.predicted_latency_ratio(ratios)
 
@@ -523,7 +515,7 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
     asked.clear()
     events: list[dict[str, Any]] = []
     checked = choose(ranked, budget, retime_as(0.48), events.append,
-                     Rescaler(ctx, evaluate, 0, timer_of(1.55, 1.3)))
+                     Rescaler(ctx, evaluate, 0, timed_against(small, 1.55, 1.3)))
     dropped, kept = checked.rescaled
     assert dropped["outcome"] == "dropped" and dropped["expected_ratio"] == pytest.approx(0.36 * 1.55)
     assert kept["aimed_factor"] == pytest.approx(dropped["aimed_factor"] * RESCALE_AIM * 0.5 / (0.36 * 1.55))
@@ -533,7 +525,8 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
     assert [a["candidate"] for a in checked.attempts] == [1, w2.id]
     assert [e["outcome"] for e in events if e["type"] == "rescaling"] == ["dropped", "competes"]
 
-    missed = choose(ranked, budget, retime_as(0.55), lambda event: None, Rescaler(ctx, evaluate, 0, timer_of(1.3)))
+    missed = choose(ranked, budget, retime_as(0.55), lambda event: None,
+                    Rescaler(ctx, evaluate, 0, timed_against(small, 1.3)))
     assert missed.contender.source == "search" and missed.verdict == "met"
     assert [a["verdict"] for a in missed.attempts] == ["met", "missed"]
     assert missed.attempts[1]["retimed_ratios"] == [0.55, 0.55, 0.55]  # a miss is timed thrice
