@@ -344,7 +344,11 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         along that timing. The table is wrong in both directions: on MobileNetV2 at 0.7x batch 32, copies it put
         at 0.97 of their origin re-timed 0.986-1.010 of it (bench/results/tighten_fidelity_mobilenetv2_b32.md);
         at 0.55x a widening it aimed at 0.54x re-timed 0.57x (quality_epyc_avx2_twopass_jobs.md). Every try
-        is listed in `rescaled` and emitted as a `rescaling` event."""
+        is listed in `rescaled` and emitted as a `rescaling` event. A widening stays wider than `c`: re-aimed
+        under 1, it would be a copy with fewer channels than `c` that the table calls faster, the kind that
+        crosses a kernel step and runs slower (MobileNetV2 0.55x, seed 1 on the AMD EPYC AVX512 VM: aimed at
+        0.952, it kept 75% of `c`'s MACs and timed 1.05 of it), so it tries halfway to the copy that was timed
+        too wide instead: a bisection across the step."""
         factor = aim / stats.ratio
         for _ in range(RESCALINGS):
             if (ratios := rescaler.plan(c, factor)) is None:
@@ -355,7 +359,8 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
                    "timed_over_origin": over, "expected_ratio": expected}
             if expected is not None and expected > target:  # it would miss
                 note({**row, "candidate": None, "outcome": "dropped"})
-                factor *= aim / expected  # the measured quotient re-aims the table
+                aimed = factor * aim / expected  # the measured quotient re-aims the table
+                factor = aimed if how == "tightened" or aimed > 1 else (1 + factor) / 2
                 continue
             t = rescaler.score(c, ratios, how)
             note({**row, "candidate": t.evaluation.candidate.id, "outcome": "competes",

@@ -476,8 +476,10 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
     """The best contender re-times at 0.36x against a 0.5x budget (under UNDERUSE of it). The same
     allocation, widened to the table's 0.49x, is scored and re-timed; it holds and is returned. Timed against
     the contender first, a copy that runs 1.55 of it (0.558x expected) is dropped unscored and the second try
-    aims along that timing, narrower. A copy that passes that check but misses its own fresh re-timing is not
-    returned: the plan it widens held."""
+    aims along that timing, narrower. One timed at twice the contender would re-aim under the contender
+    itself, a copy with fewer channels that may yet run slower across a kernel step: the second try goes
+    halfway to the first instead, wider than the contender in every width. A copy that passes that check but
+    misses its own fresh re-timing is not returned: the plan it widens held."""
     space = make_space("small_cnn", 8)
     budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
     ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
@@ -524,6 +526,17 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
     assert checked.contender.evaluation.candidate.id == w2.id and checked.verdict == "met"
     assert [a["candidate"] for a in checked.attempts] == [1, w2.id]
     assert [e["outcome"] for e in events if e["type"] == "rescaling"] == ["dropped", "competes"]
+
+    asked.clear()  # a copy timed at twice the contender: re-aimed along that, the next would be narrower than it
+    stepped = choose(ranked, budget, retime_as(0.47), lambda event: None,
+                     Rescaler(ctx, evaluate, 0, timed_against(small, 2.0, 1.3)))
+    too_wide, halfway = stepped.rescaled
+    assert too_wide["outcome"] == "dropped" and too_wide["aimed_factor"] * RESCALE_AIM * 0.5 / (0.36 * 2.0) < 1
+    assert halfway["aimed_factor"] == pytest.approx((1 + too_wide["aimed_factor"]) / 2)
+    (w3,) = asked
+    assert halfway["outcome"] == "competes" and stepped.contender.evaluation.candidate.id == w3.id
+    kept_small, kept_w3 = space.kept_for(small), space.kept_for(w3.ratios)
+    assert all(kept_w3[n] >= kept_small[n] for n in kept_small) and kept_w3 != kept_small  # wider, every width
 
     missed = choose(ranked, budget, retime_as(0.55), lambda event: None,
                     Rescaler(ctx, evaluate, 0, timed_against(small, 1.3)))
