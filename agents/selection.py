@@ -38,7 +38,7 @@ UNDERUSE = 0.9  # a returned plan that re-times under this share of its latency 
 # median. One timing can be an outlier: ResNet-20's uniform 0.55x plan at batch 1 re-timed 0.541x, 0.541x and
 # 0.580x in three jobs, though five fresh timings of a plan in a row span 1.3% (bench/results/retime_repeat.md).
 TIMINGS_ON_MISS = 3
-RESCALINGS = 2  # tries to tighten or widen a plan: the table's aim, then the aim corrected by what was timed
+RESCALINGS = 3  # tries to tighten or widen a plan: the table's aim, then aims corrected by what was timed
 
 
 class RatioLike(Protocol):
@@ -344,29 +344,46 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         along that timing. The table is wrong in both directions: on MobileNetV2 at 0.7x batch 32, copies it put
         at 0.97 of their origin re-timed 0.986-1.010 of it (bench/results/tighten_fidelity_mobilenetv2_b32.md);
         at 0.55x a widening it aimed at 0.54x re-timed 0.57x (quality_epyc_avx2_twopass_jobs.md). Every try
-        is listed in `rescaled` and emitted as a `rescaling` event. A widening stays wider than `c`: re-aimed
-        under 1, it would be a copy with fewer channels than `c` that the table calls faster, the kind that
-        crosses a kernel step and runs slower (MobileNetV2 0.55x, seed 1 on the AMD EPYC AVX512 VM: aimed at
-        0.952, it kept 75% of `c`'s MACs and timed 1.05 of it), so it tries halfway to the copy that was timed
-        too wide instead: a bisection across the step."""
+        is listed in `rescaled` and emitted as a `rescaling` event.
+
+        A widening is a bisection across a kernel step, bracketed by what was timed: wider than `c` and than any
+        copy that fit but left over a tenth of the budget unused, narrower than any copy timed too wide; a re-aim
+        outside that bracket tries its middle instead. Under `c` it would be a copy with fewer channels that the
+        table calls faster, the kind that crosses a step and runs slower (MobileNetV2 0.55x, seed 1 on the AMD
+        EPYC AVX512 VM: aimed at 0.952, it kept 75% of `c`'s MACs and timed 1.05 of it). A copy that fits but
+        under-uses is kept while a wider one is looked for (global at 0.55x batch 32 on that VM: a copy aimed at
+        1.20 of its plan timed 1.27 of it, the next, at 1.14, timed 1.03, 0.86 of the budget), and scored if none
+        is found."""
         factor = aim / stats.ratio
-        for _ in range(RESCALINGS):
-            if (ratios := rescaler.plan(c, factor)) is None:
-                return None
-            over = rescaler.against(c, ratios)
-            expected = None if over is None else stats.ratio * over
-            row = {"source": f"{c.source}, {how}", "from": c.evaluation.candidate.id, "aimed_factor": factor,
-                   "timed_over_origin": over, "expected_ratio": expected}
-            if expected is not None and expected > target:  # it would miss
-                note({**row, "candidate": None, "outcome": "dropped"})
-                aimed = factor * aim / expected  # the measured quotient re-aims the table
-                factor = aimed if how == "tightened" or aimed > 1 else (1 + factor) / 2
-                continue
+        low, high = 1.0, math.inf  # widening factors known to fit, and known to be too wide
+        fitting: tuple[dict[str, Any], dict[str, float]] | None = None  # the widest copy that fit, unscored
+
+        def compete(row: dict[str, Any], ratios: dict[str, float]) -> Contender:
             t = rescaler.score(c, ratios, how)
             note({**row, "candidate": t.evaluation.candidate.id, "outcome": "competes",
                   "val_acc": t.evaluation.val_acc, "val_acc_before_refine": t.first_score})
             return t
-        return None
+
+        for _ in range(RESCALINGS):
+            if (ratios := rescaler.plan(c, factor)) is None:
+                break
+            over = rescaler.against(c, ratios)
+            expected = None if over is None else stats.ratio * over
+            row = {"source": f"{c.source}, {how}", "from": c.evaluation.candidate.id, "aimed_factor": factor,
+                   "timed_over_origin": over, "expected_ratio": expected}
+            fits = expected is None or expected <= target
+            if fits and fitting is not None:  # a wider copy fits: the narrower one kept so far is passed over
+                note({**fitting[0], "candidate": None, "outcome": "superseded"})
+            if expected is None or (fits and (how == "tightened" or expected >= UNDERUSE * target)):
+                return compete(row, ratios)
+            if expected > target:  # it would miss
+                note({**row, "candidate": None, "outcome": "dropped"})
+                high = factor
+            else:  # a widening that fits but still leaves over a tenth of the budget unused
+                fitting, low = (row, ratios), factor
+            aimed = factor * aim / expected  # the measured quotient re-aims the table
+            factor = aimed if how == "tightened" or low < aimed < high else (low + high) / 2
+        return None if fitting is None else compete(*fitting)
 
     def note(row: dict[str, Any]) -> None:
         rescaled.append(row)

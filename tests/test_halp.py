@@ -18,6 +18,7 @@ from agents.budget import Budget
 from agents.halp import HALPAgent, parse_variant
 from agents.selection import (
     RESCALE_AIM,
+    RESCALINGS,
     UNDERUSE,
     Choice,
     Contender,
@@ -406,8 +407,8 @@ def test_a_tightened_plan_timed_slower_than_it_must_be_is_dropped_and_re_aimed()
 
     asked.clear()
     held = choose(ranked, budget, retime, lambda event: None,
-                  Rescaler(ctx, evaluate, 0, timed_against(edge, 1.02, 1.01)))
-    assert [t["outcome"] for t in held.rescaled] == ["dropped", "dropped"] and not asked
+                  Rescaler(ctx, evaluate, 0, timed_against(edge, *[1.02] * RESCALINGS)))
+    assert [t["outcome"] for t in held.rescaled] == ["dropped"] * RESCALINGS and not asked
     assert held.contender.source == "search" and held.verdict == "missed" and len(held.attempts) == 1
 
 
@@ -478,8 +479,10 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
     the contender first, a copy that runs 1.55 of it (0.558x expected) is dropped unscored and the second try
     aims along that timing, narrower. One timed at twice the contender would re-aim under the contender
     itself, a copy with fewer channels that may yet run slower across a kernel step: the second try goes
-    halfway to the first instead, wider than the contender in every width. A copy that passes that check but
-    misses its own fresh re-timing is not returned: the plan it widens held."""
+    halfway to the first instead, wider than the contender in every width. A copy that fits but would still leave
+    over a tenth of the budget unused is kept, and the next try bisects between it and the copy timed too wide;
+    if that one is too wide as well, the kept copy is scored. A copy that passes that check but misses its own
+    fresh re-timing is not returned: the plan it widens held."""
     space = make_space("small_cnn", 8)
     budget = Budget("latency_ms", 5.0, 10.0)  # 0.5x
     ctx = SearchContext(space, budget, 0, lut=UnitsTable(space))  # type: ignore[arg-type]
@@ -537,6 +540,28 @@ def test_a_returned_plan_that_leaves_the_budget_unused_is_widened_to_use_it() ->
     assert halfway["outcome"] == "competes" and stepped.contender.evaluation.candidate.id == w3.id
     kept_small, kept_w3 = space.kept_for(small), space.kept_for(w3.ratios)
     assert all(kept_w3[n] >= kept_small[n] for n in kept_small) and kept_w3 != kept_small  # wider, every width
+
+    asked.clear()  # the second try fits at 0.396x (under 0.9 of the budget): the third bisects toward the first
+    bracketed = choose(ranked, budget, retime_as(0.47), lambda event: None,
+                       Rescaler(ctx, evaluate, 0, timed_against(small, 1.55, 1.1, 1.3)))
+    too_wide, narrow, middle = bracketed.rescaled
+    assert too_wide["outcome"] == "dropped" and narrow["outcome"] == "superseded" and narrow["candidate"] is None
+    assert narrow["expected_ratio"] == pytest.approx(0.36 * 1.1) and UNDERUSE * budget.target_ratio > 0.36 * 1.1
+    assert narrow["aimed_factor"] * RESCALE_AIM * 0.5 / (0.36 * 1.1) > too_wide["aimed_factor"]  # re-aimed past it
+    assert middle["aimed_factor"] == pytest.approx((narrow["aimed_factor"] + too_wide["aimed_factor"]) / 2)
+    (w4,) = asked
+    assert middle["outcome"] == "competes" and middle["candidate"] == w4.id
+    assert bracketed.contender.evaluation.candidate.id == w4.id and bracketed.verdict == "met"
+
+    asked.clear()  # the bisection's copy is too wide too: the narrow copy that fit is scored and returned
+    fallback = choose(ranked, budget, retime_as(0.40), lambda event: None,
+                      Rescaler(ctx, evaluate, 0, timed_against(small, 1.55, 1.1, 1.45)))
+    assert [r["outcome"] for r in fallback.rescaled] == ["dropped", "dropped", "competes"]
+    assert fallback.rescaled[2]["aimed_factor"] == pytest.approx(
+        fallback.rescaled[0]["aimed_factor"] * RESCALE_AIM * 0.5 / (0.36 * 1.55))
+    (w5,) = asked
+    assert fallback.contender.evaluation.candidate.id == w5.id and fallback.retimed is not None
+    assert fallback.retimed.ratio == 0.40
 
     missed = choose(ranked, budget, retime_as(0.55), lambda event: None,
                     Rescaler(ctx, evaluate, 0, timed_against(small, 1.3)))
