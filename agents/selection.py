@@ -352,7 +352,7 @@ def choose(ranked: Sequence[Contender], budget: Budget, retime: Retime | None, e
         table calls faster, the kind that crosses a step and runs slower (MobileNetV2 0.55x, seed 1 on the AMD
         EPYC AVX512 VM: aimed at 0.952, it kept 75% of `c`'s MACs and timed 1.05 of it). A copy that fits but
         under-uses is kept while a wider one is looked for (global at 0.55x batch 32 on that VM: a copy aimed at
-        1.20 of its plan timed 1.27 of it, the next, at 1.14, timed 1.03, 0.86 of the budget), and scored if none
+        1.20 of its plan timed 1.27 of it, the next, at 1.14, timed 1.02, 0.86 of the budget), and scored if none
         is found."""
         factor = aim / stats.ratio
         low, high = 1.0, math.inf  # widening factors known to fit, and known to be too wide
